@@ -1,0 +1,101 @@
+"""Checkpoint files: atomic writes, safe loads, and the RNG state needed for exact resume.
+
+Everything stored is a plain type (tensors, numbers, strings, lists, dicts) so ``torch.load(...,
+weights_only=True)`` reads it: a checkpoint can never execute code on load.  Writes go to a temporary file in
+the same folder and are moved into place with ``os.replace``, so a crash mid-write leaves the previous good
+file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit the model; the message says what to do."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temp file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint safely (``weights_only=True``), turning every failure into a ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (check --path / --reload / --resume)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found is None:
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt; use another file") from None
+        raise CheckpointError(
+            f"refusing to load {path}: it contains pickled code or objects ({found.group(1)}), not just "
+            "tensors and plain types; only load checkpoints written by this code") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError):
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt; use another file") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no 'state_dict' entry)")
+    return state
+
+
+def rng_state() -> dict:
+    """Every RNG the training loop touches, as plain types."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": _numpy_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["name"], np_state["keys"].numpy(), np_state["pos"], np_state["has_gauss"],
+                         np_state["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _numpy_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x

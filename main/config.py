@@ -1,0 +1,212 @@
+"""The run configuration: one dataclass, the single source of defaults, types and validation.
+
+``args.py`` builds the command-line parser from these fields (grouped by ``metadata["group"]``), YAML presets
+in ``configs/`` override the defaults, explicit flags override the presets.  The resolved config is a plain
+dict in every checkpoint, so ``test.py --path`` can rebuild the model without the training flags.  The
+defaults are the CPU preset on the embedded synthetic benchmark (``configs/synthetic.yaml``); the paper
+settings live in ``configs/nyuv2_*.yaml`` and ``configs/taskonomy_*.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+DATASETS = ("synthetic", "nyuv2", "taskonomy")
+ARCHITECTURES = ("resnet34", "mobilenetv2")
+KNOWN_TASKS = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
+DEFAULT_TASKS = ("segment_semantic", "normal", "depth_zbuffer")
+
+
+class ConfigError(UserError, ValueError):
+    """A user mistake in flags or a config file; the message names the problem and the fix."""
+
+
+def _f(default: Any, group: str, help: str, **extra: Any) -> Any:
+    meta = {"group": group, "help": help, **extra}
+    if isinstance(default, list | tuple):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    # -- data
+    dataset: str = _f("synthetic", "data", "synthetic | nyuv2 | taskonomy")
+    data_root: str | None = _f(None, "data", "dataset folder (real datasets only)")
+    tasks: list[str] = _f(list(DEFAULT_TASKS), "data", "tasks, in head order", nargs="+")
+    crop_size: int = _f(64, "data", "train crop / test resize (synthetic: render size)")
+    train_size: int = _f(2000, "data", "synthetic: number of training scenes")
+    val_size: int = _f(200, "data", "synthetic: number of validation scenes")
+    test_size: int = _f(200, "data", "synthetic: number of test scenes")
+    data_seed: int = _f(0, "data", "synthetic: seed of the scenes (kept apart from --seed so splits stay fixed)")
+    batch_size: int = _f(8, "data", "batch size for training and evaluation (per process)")
+    num_workers: int = _f(0, "data", "DataLoader worker processes (0 = load in the training process)")
+    # -- model
+    architecture: str = _f("resnet34", "model", "resnet34 | mobilenetv2")
+    width_mult: float = _f(0.25, "model", "channel multiplier for backbone and heads (1.0 = paper shapes)")
+    head_dropout: float = _f(0.5, "model", "dropout inside the ASPP heads")
+    # -- sparsity
+    dense: bool = _f(False, "sparsity", "train without soft thresholds (the dense baseline)")
+    sInit_value: float = _f(-5.0, "sparsity", "initial threshold parameter s for every component")
+    sInit_type: str = _f("constant", "sparsity", "only 'constant' (kept for reference scripts)")
+    sparse_function: str = _f("sigmoid", "sparsity", "only 'sigmoid' (kept for reference scripts)")
+    ratio: float = _f(0.9, "sparsity", "target overall sparsity in (0, 1): thresholds freeze while reached")
+    # -- optimisation
+    iters: int = _f(1000, "optimisation", "training iterations")
+    lr: float = _f(1e-3, "optimisation", "Adam learning rate")
+    decay_lr_freq: int = _f(400, "optimisation", "StepLR step size (iterations)")
+    decay_lr_rate: float = _f(0.5, "optimisation", "StepLR gamma")
+    weight_decay: float = _f(1e-4, "optimisation", "coupled L2 on every parameter, thresholds included")
+    task_weighting: str = _f("adaptive", "optimisation", "adaptive (reference sliding window) | equal")
+    adaptive_begin: int = _f(250, "optimisation", "iteration at which adaptive weighting starts (ref 5000)")
+    adaptive_window: int = _f(25, "optimisation", "sliding-window length (ref 500)")
+    adaptive_total: float | None = _f(3.0, "optimisation",
+                                      "weights sum to this (reference: 3 for any task count; null = #tasks)")
+    priority: list[float] | None = _f(None, "optimisation", "per-task loss priorities (default all 1)",
+                                      nargs="+")
+    seed: int = _f(0, "optimisation", "seed for data order, augmentation, dropout and init")
+    deterministic: bool = _f(False, "optimisation", "torch.use_deterministic_algorithms (slower on GPU)")
+    # -- evaluation
+    val_iters: int = _f(200, "evaluation", "validate every N iterations (and at the end)")
+    metric_definitions: str = _f("parity", "evaluation", "parity (reference metrics) | standard")
+    select_by: str = _f("loss", "evaluation", "best checkpoint by: loss (mean val loss) | score (ref score)")
+    best_after: int = _f(0, "evaluation", "only iterations after this can be 'best' (reference NYUv2: 16000)")
+    # -- logging
+    save_dir: str = _f("outputs/adapmtl", "logging", "run folder: checkpoints, config.yaml, TensorBoard")
+    log_every: int = _f(50, "logging", "log per-layer scalars and print every N iterations")
+    save_iters: int = _f(200, "logging", "write the resumable checkpoint every N iterations")
+    progress: str = _f("auto", "logging", "progress bars: auto (only on a terminal) | on | off")
+    tensorboard: bool = _f(True, "logging", "write TensorBoard events (--no-tensorboard to skip)")
+    # -- run
+    device: str = _f("auto", "run", "auto | cpu | cuda | cuda:N")
+    resume: bool = _f(False, "run", "continue the run in --save_dir exactly where it stopped")
+    reload: str | None = _f(None, "run", "start a new run from a checkpoint's weights (thresholds reset)")
+    overwrite: bool = _f(False, "run", "allow --save_dir to hold a previous run")
+
+    def validate(self) -> Config:
+        """Check ranges and names; raise ``ConfigError`` with a fix for the first problem found."""
+        self.dataset = self.dataset.lower()
+        _one_of("--dataset", self.dataset, DATASETS)
+        _one_of("--architecture", self.architecture, ARCHITECTURES)
+        _one_of("--task_weighting", self.task_weighting, ("adaptive", "equal"))
+        _one_of("--metric_definitions", self.metric_definitions, ("parity", "standard"))
+        _one_of("--select_by", self.select_by, ("loss", "score"))
+        _one_of("--progress", self.progress, ("auto", "on", "off"))
+        _one_of("--sInit_type", self.sInit_type, ("constant",))
+        _one_of("--sparse_function", self.sparse_function, ("sigmoid",))
+        if not self.tasks:
+            raise ConfigError("--tasks is empty; name at least one task, e.g. --tasks segment_semantic normal")
+        for t in self.tasks:
+            _one_of("--tasks", t, KNOWN_TASKS)
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"--tasks lists a task twice: {self.tasks}")
+        if not 0.0 < self.ratio < 1.0:
+            raise ConfigError(f"--ratio must be a fraction in (0, 1), got {self.ratio}; e.g. --ratio 0.9")
+        for name in ("iters", "batch_size", "crop_size", "val_iters", "log_every", "save_iters",
+                     "decay_lr_freq", "adaptive_window", "train_size", "val_size", "test_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("num_workers", "adaptive_begin", "best_after"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "width_mult"):
+            if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"--{name} must be a positive number, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 < self.decay_lr_rate <= 1.0:
+            raise ConfigError(f"--decay_lr_rate must be in (0, 1], got {self.decay_lr_rate}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ConfigError(f"--head_dropout must be in [0, 1), got {self.head_dropout}")
+        if self.priority is not None and len(self.priority) != len(self.tasks):
+            raise ConfigError(f"--priority needs one value per task ({len(self.tasks)}), got {self.priority}")
+        if self.adaptive_total is not None and self.adaptive_total <= 0:
+            raise ConfigError(f"--adaptive_total must be positive, got {self.adaptive_total}")
+        if self.dataset != "synthetic" and not self.data_root:
+            raise ConfigError(f"--dataset {self.dataset} needs --data_root pointing at the dataset folder")
+        if self.resume and self.reload:
+            raise ConfigError("--resume and --reload exclude each other: resume continues a run, "
+                              "reload starts a new one from a checkpoint's weights")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> Config:
+        """Build from a (possibly partial) dict, refusing unknown keys and wrong types."""
+        cfg = cls()
+        apply_overrides(cfg, values, source)
+        return cfg
+
+
+def _one_of(flag: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{flag} {value!r} is not known; choose one of: {', '.join(map(str, allowed))}")
+
+
+def field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def coerce(name: str, value: Any, hint: Any, source: str) -> Any:
+    """Check/convert one YAML value against the field's type hint (ints accepted for floats)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{name}' must be a list, got {value!r}")
+        return [coerce(name, v, args[0], source) for v in value]
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            pass
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(f"{source}: '{name}' must be of type {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def apply_overrides(cfg: Config, values: dict[str, Any], source: str) -> None:
+    types_ = field_types()
+    for key, value in values.items():
+        if key not in types_:
+            raise ConfigError(f"{source}: unknown key '{key}'; see `python baseline.py --help` for valid names")
+        setattr(cfg, key, coerce(key, value, types_[key], source))
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of option names to values")
+    return data
+
+
+def dump_yaml(cfg: Config, path: str) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

@@ -1,0 +1,27 @@
+"""User mistakes end as one clear line and exit code 2, never as a traceback.
+
+Every exception a user can fix (bad flag, missing file, wrong checkpoint) derives from ``UserError``; the
+entry scripts wrap their ``main`` with ``cli_main`` so such errors print ``error: <what> ; <fix>`` and exit 2.
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class UserError(Exception):
+    """An error the user can fix; its message names the problem and the fix."""
+
+
+def cli_main(main: Callable[[list[str] | None], int | None]) -> None:
+    try:
+        code = main(None)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,103 @@
+"""Evaluate a saved checkpoint on its own terms: the config inside the file rebuilds model and data.
+
+Used by ``test.py``; returns the JSON object of DESIGN.md §3 (metrics, sparsity per layer / component /
+overall, Δ_T against a dense reference, parameter counts).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import ConfigError
+from .data import build_dataset, dataset_info
+from .evaluation import delta_t
+from .models import MultiTaskModel
+from .monitor import progress
+from .runner import model_from_checkpoint
+from .sparse import SparsityCounter, SparsityReport, sparse_convs
+from .tasks import TaskMetrics, metric_directions
+from .validation import evaluate
+
+
+def param_counts(model: MultiTaskModel, report: SparsityReport) -> dict[str, int]:
+    """Parameters of the deployed model (thresholds excluded); non-zero counts the EFFECTIVE conv weights.
+
+    Thresholded conv weights count as the soft threshold leaves them (``report``); biases and BatchNorm
+    parameters count as stored.
+    """
+    thresholds = {id(p) for p in model.thresholds.values()}
+    conv_weights = {id(conv.weight) for _, m in model.components() for _, conv in sparse_convs(m)}
+    total = nonzero = 0
+    for p in model.parameters():
+        if id(p) in thresholds:
+            continue
+        total += p.numel()
+        if id(p) not in conv_weights:
+            nonzero += int(torch.count_nonzero(p))
+    return {"total": total, "nonzero": nonzero + report.nonzero}
+
+
+def load_reference(path: str, tasks: tuple[str, ...]) -> dict:
+    try:
+        ref = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--reference {path} not found; write it with test.py --json on the dense model") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--reference {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(ref, dict) or not isinstance(ref.get("metrics"), dict):
+        raise ConfigError(f"--reference {path} has no 'metrics' object; it must be a test.py --json output")
+    if set(ref["metrics"]) != set(tasks):
+        raise ConfigError(f"--reference {path} covers tasks {sorted(ref['metrics'])}, this model "
+                          f"{sorted(tasks)}; use a dense model trained on the same tasks")
+    return ref
+
+
+def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *, batch_size: int | None = None,
+                        data_root: str | None = None, metric_definitions: str | None = None,
+                        reference: str | None = None, show_progress: bool = False) -> dict:
+    state = load_checkpoint(path, map_location="cpu")
+    cfg, model = model_from_checkpoint(state, path, device)
+    if data_root:
+        cfg.data_root = data_root
+    if metric_definitions:
+        cfg.metric_definitions = metric_definitions
+    cfg.validate()
+    info = dataset_info(cfg)
+    ref = load_reference(reference, info.tasks) if reference else None
+    dataset = build_dataset(cfg, split)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False,
+                                         num_workers=cfg.num_workers, generator=torch.Generator())
+    metrics = TaskMetrics(info.tasks, info.num_classes, info.metric_style, cfg.metric_definitions,
+                          class_weights=info.class_weights)
+    class_weights = info.class_weights.to(device) if info.class_weights is not None else None
+    batches = progress(loader, desc=f"eval {split}", enabled=show_progress)
+    result = evaluate(model, batches, info.tasks, metrics, device, class_weights)
+    counter = SparsityCounter(model.components())
+    report = counter.report(counter.count(model.taus() if model.sparse else None))
+    directions = metric_directions(info.metric_style, info.tasks)
+    delta = None
+    if ref is not None:
+        try:
+            delta = delta_t(result["metrics"], ref["metrics"], directions)
+        except ValueError as e:
+            raise ConfigError(f"--reference {reference} does not match this model's metrics: {e}") from None
+    sparsity = report.as_dict()
+    return {
+        "checkpoint": str(path),
+        "dataset": cfg.dataset,
+        "architecture": cfg.architecture,
+        "split": split,
+        "iter": state.get("iter"),
+        "dense": cfg.dense,
+        "metric_definitions": cfg.metric_definitions,
+        "metrics": result["metrics"],
+        "losses": result["losses"],
+        "sparsity": {k: sparsity[k] for k in ("overall", "components", "layers")},
+        "delta_t": delta,
+        "params": param_counts(model, report),
+        "thresholds": {c: float(t.detach()) for c, t in model.taus().items()} if model.sparse else None,
+    }

@@ -1,0 +1,27 @@
+"""Model zoo: backbones, ASPP heads and their assembly into a ``MultiTaskModel``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from .heads import ASPPHead
+from .mobilenetv2 import MobileNetV2
+from .mtl import BACKBONE, MultiTaskModel
+from .resnet import DeeplabResNet34
+
+BACKBONES: dict[str, type[nn.Module]] = {"resnet34": DeeplabResNet34, "mobilenetv2": MobileNetV2}
+
+__all__ = ["ASPPHead", "BACKBONE", "BACKBONES", "DeeplabResNet34", "MobileNetV2", "MultiTaskModel", "build_model"]
+
+
+def build_model(architecture: str, task_channels: Mapping[str, int], width_mult: float = 1.0,
+                s_init: float = -30.5, sparse: bool = True, head_dropout: float = 0.5) -> MultiTaskModel:
+    """Backbone ``architecture`` plus one ASPP head per task (``task_channels``: task -> output channels)."""
+    if architecture not in BACKBONES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(BACKBONES)}")
+    backbone = BACKBONES[architecture](width_mult=width_mult)
+    heads = {t: ASPPHead(backbone.out_channels, c, width_mult, dropout=head_dropout)
+             for t, c in task_channels.items()}
+    return MultiTaskModel(backbone, heads, s_init=s_init, sparse=sparse)

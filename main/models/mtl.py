@@ -1,0 +1,71 @@
+"""The hard-parameter-sharing multitask model: one backbone, one head per task, one threshold per component."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..sparse import SoftThresholdConv2d, sparse_convs, threshold_value
+
+BACKBONE = "backbone"
+
+
+class MultiTaskModel(nn.Module):
+    """``forward(x) -> {task: prediction}`` at feature resolution.
+
+    ``thresholds`` is a ``ParameterDict`` keyed by component name ("backbone" and each task) holding the
+    raw scalar ``s_c``; it is the only place a threshold is registered.  With ``sparse=False`` the soft
+    threshold is skipped entirely (dense training is the same model with thresholds disabled), and the
+    thresholds stay in the state dict so dense and sparse checkpoints share one layout.
+    """
+
+    def __init__(self, backbone: nn.Module, heads: Mapping[str, nn.Module], s_init: float = -30.5,
+                 sparse: bool = True) -> None:
+        super().__init__()
+        if BACKBONE in heads:
+            raise ValueError(f"a task may not be called {BACKBONE!r}")
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(dict(heads))
+        self.tasks: tuple[str, ...] = tuple(heads)
+        self.thresholds = nn.ParameterDict(
+            {name: nn.Parameter(torch.tensor(float(s_init))) for name, _ in self.components()}
+        )
+        self.sparse = sparse
+        # Plain lists (not registered): which convolutions take each component's tau.
+        self._component_convs: dict[str, list[SoftThresholdConv2d]] = {
+            name: [m for _, m in sparse_convs(module)] for name, module in self.components()
+        }
+
+    def components(self) -> Iterator[tuple[str, nn.Module]]:
+        """("backbone", backbone) then (task, head) in task order; every report iterates over this."""
+        yield BACKBONE, self.backbone
+        yield from self.heads.items()
+
+    def taus(self) -> dict[str, Tensor]:
+        """Current fp32 thresholds sigmoid(s_c) per component."""
+        return {name: threshold_value(s) for name, s in self.thresholds.items()}
+
+    def reset_thresholds(self, s_init: float) -> None:
+        """Set every component's s to ``s_init`` (the reference ``--reload`` behaviour)."""
+        with torch.no_grad():
+            for s in self.thresholds.values():
+                s.fill_(float(s_init))
+
+    def set_sparse(self, sparse: bool) -> None:
+        self.sparse = sparse
+        for s in self.thresholds.values():
+            s.requires_grad_(sparse)
+
+    def _assign_taus(self) -> None:
+        taus = self.taus() if self.sparse else {}
+        for name, convs in self._component_convs.items():
+            tau = taus.get(name)
+            for conv in convs:
+                conv.tau = tau
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        self._assign_taus()
+        features = self.backbone(x)
+        return {task: head(features) for task, head in self.heads.items()}

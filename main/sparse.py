@@ -1,0 +1,152 @@
+"""Soft-threshold convolutions and sparsity accounting.
+
+AdapMTL (after STR, Kusupati et al. 2020) keeps every convolution weight dense and applies the
+soft-threshold operator in the forward pass::
+
+    W_eff = sign(W) * relu(|W| - sigmoid(s_c))
+
+with ONE learnable scalar ``s_c`` per component (the backbone and each task head).  The thresholds live
+once in ``MultiTaskModel.thresholds`` (a ``ParameterDict``); each forward hands the component's
+``tau = sigmoid(s_c)`` to its convolutions, so the state dict carries each threshold exactly once (the
+original aliased one Parameter under every layer, which ``safetensors`` refuses to save).
+
+Sparsity is counted on the weights' device: ``count_nonzero`` returns device tensors and never copies a
+weight to the host, so the per-step stop rule costs one scalar transfer, not one per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def soft_threshold(weight: Tensor, tau: Tensor) -> Tensor:
+    """``sign(W)·relu(|W| − tau)``, written as ``W − clamp(W, −tau, tau)``.
+
+    Both forms give bit-identical values and the same gradients (1[|W| > tau] for W, −sign(W)·1[|W| > tau]
+    for tau) but the clamp form needs two kernels instead of five, which matters because it runs on every
+    thresholded weight in every forward pass.
+    """
+    tau = tau.to(weight.dtype)
+    return weight - torch.clamp(weight, -tau, tau)
+
+
+class SoftThresholdConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose weight is soft-thresholded by its component's current ``tau``.
+
+    ``tau`` is a plain attribute set by the owning model before each forward (``None`` = dense).  It is not a
+    registered buffer or parameter on purpose: the learnable threshold is registered once on the model.
+    Bias is never thresholded.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tau: Tensor | None = None
+
+    def effective_weight(self, tau: Tensor | None = None) -> Tensor:
+        tau = self.tau if tau is None else tau
+        if tau is None:
+            return self.weight
+        return soft_threshold(self.weight, tau)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.effective_weight(), self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+def sparse_convs(module: nn.Module) -> list[tuple[str, SoftThresholdConv2d]]:
+    """All soft-threshold convolutions of ``module`` with their names relative to it, in module order."""
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, SoftThresholdConv2d)]
+
+
+def threshold_value(s: Tensor) -> Tensor:
+    """tau = sigmoid(s), always in fp32: sigmoid(-30) ~ 1e-13 underflows in fp16."""
+    return torch.sigmoid(s.float())
+
+
+@dataclass
+class SparsityReport:
+    """Host-side sparsity numbers, built once per log interval from device counts.
+
+    ``layers`` maps ``"<component>.<layer name>"`` to (nonzero, total); components and overall are
+    weight-count weighted, so a 1×1 classifier does not count as much as a 3×3 1024-channel conv.
+    """
+
+    layers: dict[str, tuple[int, int]]
+    components: dict[str, tuple[int, int]]
+
+    @staticmethod
+    def _sparsity(nonzero: int, total: int) -> float:
+        return 1.0 - nonzero / total if total else 0.0
+
+    @property
+    def overall(self) -> float:
+        nz = sum(v[0] for v in self.components.values())
+        tot = sum(v[1] for v in self.components.values())
+        return self._sparsity(nz, tot)
+
+    def component_sparsity(self) -> dict[str, float]:
+        return {c: self._sparsity(*v) for c, v in self.components.items()}
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {n: self._sparsity(*v) for n, v in self.layers.items()}
+
+    @property
+    def nonzero(self) -> int:
+        return sum(v[0] for v in self.components.values())
+
+    @property
+    def total(self) -> int:
+        return sum(v[1] for v in self.components.values())
+
+    def as_dict(self) -> dict:
+        return {"overall": self.overall, "components": self.component_sparsity(),
+                "layers": self.layer_sparsity(), "nonzero": self.nonzero, "total": self.total}
+
+
+class SparsityCounter:
+    """Counts non-zero effective weights per layer of named components, on the weights' device.
+
+    ``components`` is an iterable of (name, module); every ``SoftThresholdConv2d`` inside counts.  With
+    ``taus`` given (component -> tau tensor) a weight is non-zero iff |W| > tau, i.e. exactly the weights the
+    soft threshold keeps; without, the stored weight itself is counted (hard-masked or dense models).
+    """
+
+    def __init__(self, components: Iterator[tuple[str, nn.Module]]) -> None:
+        self.layers: list[tuple[str, str, SoftThresholdConv2d]] = []
+        for cname, module in components:
+            for lname, conv in sparse_convs(module):
+                self.layers.append((cname, lname, conv))
+        self.component_names: list[str] = list(dict.fromkeys(c for c, _, _ in self.layers))
+        self.totals = [conv.weight.numel() for _, _, conv in self.layers]
+
+    @torch.no_grad()
+    def count(self, taus: dict[str, Tensor] | None = None) -> Tensor:
+        """Per-layer non-zero counts as one int64 device tensor (no host sync)."""
+        counts = []
+        for cname, _, conv in self.layers:
+            w = conv.weight
+            if taus is not None and cname in taus:
+                counts.append((w.abs() > taus[cname].to(w.dtype)).sum())
+            else:
+                counts.append(torch.count_nonzero(w))
+        return torch.stack(counts)
+
+    def report(self, counts: Tensor) -> SparsityReport:
+        """Build the host-side report from ``count()``'s tensor (one device-to-host copy)."""
+        host = counts.tolist()
+        layers: dict[str, tuple[int, int]] = {}
+        comps: dict[str, list[int]] = {c: [0, 0] for c in self.component_names}
+        for (cname, lname, _), nz, tot in zip(self.layers, host, self.totals):
+            layers[f"{cname}.{lname}"] = (int(nz), tot)
+            comps[cname][0] += int(nz)
+            comps[cname][1] += tot
+        return SparsityReport(layers, {c: (v[0], v[1]) for c, v in comps.items()})
+
+    def overall_density(self, counts: Tensor) -> Tensor:
+        """Fraction of non-zero weights over all counted layers, as a device scalar."""
+        return counts.sum().to(torch.float64) / float(sum(self.totals))

@@ -1,0 +1,307 @@
+"""The training loop: weights, soft thresholds and adaptive task weights optimised together.
+
+Per iteration, in the reference order: forward → per-task losses → adaptive weights → backward → stop rule
+(threshold gradients dropped while overall sparsity ≥ ``--ratio``) → Adam step → StepLR step.  The
+reference's costly habits are gone: sparsity is counted on the device (one scalar reaches the host per
+step, for the stop rule), per-layer scalars are logged every ``--log_every`` steps, validation runs under
+``torch.no_grad()`` and never between backward and step.  Everything else (losses, metrics, weighting,
+checkpoint files, TensorBoard) is delegated to the modules named in the imports.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import CHECKPOINT_VERSION, CheckpointError, atomic_save, rng_state, set_rng_state
+from .config import Config
+from .data import DatasetInfo
+from .data.sampler import ResumableBatchSampler
+from .evaluation import NYUV2_REFERENCE_SCORES, selection_score
+from .models import MultiTaskModel
+from .monitor import ScalarWriter, component_tag, get_logger, progress, want_progress
+from .sparse import SparsityCounter, SparsityReport
+from .tasks import TaskMetrics, metric_directions, task_loss
+from .validation import evaluate, to_device
+from .weighting import build_weighting
+
+
+class _TargetReached:
+    """"Overall sparsity >= ratio" for this step, read on the host with as little waiting as possible.
+
+    The count is launched right after the forward pass; on CUDA its result is copied to the host without
+    blocking and an event is recorded, so reading it after ``backward()`` waits for the count kernels only,
+    not for the whole backward pass.  One scalar per step, never one per layer.
+    """
+
+    def __init__(self, counts: Tensor, limit: float) -> None:
+        flag = counts.sum().double() <= limit
+        self._event = None
+        if flag.device.type == "cuda":
+            self._flag = flag.to("cpu", non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._flag = flag
+
+    def get(self) -> bool:
+        if self._event is not None:
+            self._event.synchronize()
+        return bool(self._flag)
+
+
+def checkpoint_name(tasks: tuple[str, ...] | list[str], best: bool = False) -> str:
+    """Reference file names: ``<tasks joined by _>.model`` and ``best_<...>.model``."""
+    return ("best_" if best else "") + "_".join(tasks) + ".model"
+
+
+class Trainer:
+    """Owns the model, optimiser, scheduler, weighting and loaders of one run (one process of it under DDP)."""
+
+    def __init__(self, cfg: Config, model: MultiTaskModel, info: DatasetInfo, train_set: Dataset,
+                 val_set: Dataset, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
+        self.cfg = cfg
+        self.info = info
+        self.tasks = info.tasks
+        self.device = device
+        self.rank = rank
+        self.world_size = world_size
+        self.is_main = rank == 0
+        self.model = model.to(device)
+        self.model.set_sparse(not cfg.dense)
+        self.sparse = not cfg.dense
+        self.class_weights = info.class_weights.to(device) if info.class_weights is not None else None
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # Reference: one Adam group, coupled L2 on everything (weights, BN, biases and thresholds).
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.decay_lr_freq, cfg.decay_lr_rate)
+        self.weighting = build_weighting(cfg.task_weighting, self.tasks, cfg.adaptive_begin, cfg.adaptive_window,
+                                         cfg.adaptive_total)
+        self.priority = torch.tensor(cfg.priority or [1.0] * len(self.tasks), device=device)
+        self.counter = SparsityCounter(self.model.components())
+        self.train_set = train_set
+        self.val_set = val_set
+        self.iteration = 0  # completed iterations
+        self.best: dict | None = None
+        self.save_dir = Path(cfg.save_dir)
+        self.metrics = TaskMetrics(self.tasks, info.num_classes, info.metric_style, cfg.metric_definitions,
+                                   class_weights=info.class_weights)
+        self.directions = metric_directions(info.metric_style, self.tasks)
+        self.show_progress = self.is_main and want_progress(cfg.progress)
+        self.log = get_logger(str(self.save_dir), enabled=self.is_main)
+        self.last_report: SparsityReport | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "iter": self.iteration,
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "config": self.cfg.to_dict(),
+            "weighting": self.weighting.state_dict(),
+            "rng": rng_state(),
+            "best": self.best,
+            "version": CHECKPOINT_VERSION,
+            "torch_version": str(torch.__version__),
+        }
+
+    def load_model_weights(self, state: dict, source: str) -> None:
+        """Strict load with a readable error when the checkpoint belongs to another model."""
+        try:
+            self.model.load_state_dict(state["state_dict"])
+        except RuntimeError as e:
+            cfg = state.get("config", {})
+            raise CheckpointError(
+                f"{source} does not fit this model (it was trained with architecture "
+                f"{cfg.get('architecture')!r}, tasks {cfg.get('tasks')}, width_mult {cfg.get('width_mult')}; "
+                f"this run has {self.cfg.architecture!r}, {list(self.tasks)}, {self.cfg.width_mult}): "
+                f"{str(e).splitlines()[0]}") from None
+
+    def resume_from(self, state: dict, source: str) -> None:
+        """Continue exactly: weights, optimiser, scheduler, weighting window, RNG, best and iteration."""
+        self.load_model_weights(state, source)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.weighting.load_state_dict(state["weighting"])
+        set_rng_state(state["rng"])
+        self.best = state.get("best")
+        self.iteration = int(state["iter"])
+
+    def reload_from(self, state: dict, source: str) -> None:
+        """Reference ``--reload``: a new run from the weights, every threshold reset to ``--sInit_value``."""
+        self.load_model_weights(state, source)
+        self.model.reset_thresholds(self.cfg.sInit_value)
+
+    def save(self, best: bool = False) -> Path:
+        path = self.save_dir / checkpoint_name(self.tasks, best)
+        atomic_save(self.state_dict(), path)
+        return path
+
+    # ------------------------------------------------------------------ loop pieces
+    def _train_loader(self) -> DataLoader:
+        sampler = ResumableBatchSampler(len(self.train_set), self.cfg.batch_size, self.cfg.seed,
+                                        start_batch=self.iteration, rank=self.rank, world_size=self.world_size)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator(),
+                          persistent_workers=False)
+
+    def val_loader(self, dataset: Dataset | None = None) -> DataLoader:
+        # Own generator: creating the iterator must not consume the global RNG (exact resume).
+        return DataLoader(dataset if dataset is not None else self.val_set, batch_size=self.cfg.batch_size,
+                          shuffle=False, num_workers=self.cfg.num_workers, generator=torch.Generator(),
+                          pin_memory=self.device.type == "cuda")
+
+    def _threshold_count_limit(self) -> float:
+        # sparsity >= ratio  <=>  nonzero <= (1 - ratio) * total
+        return (1.0 - self.cfg.ratio) * sum(self.counter.totals)
+
+    def _step_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        preds = self.model(batch["input"])
+        losses = torch.stack([task_loss(t, preds[t], batch, self.class_weights) for t in self.tasks])
+        counts = self.counter.count(self.model.taus()) if self.sparse else None
+        return preds, losses, counts
+
+    def sparsity_report(self) -> SparsityReport:
+        taus = self.model.taus() if self.sparse else None
+        return self.counter.report(self.counter.count(taus))
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> dict:
+        cfg = self.cfg
+        if self.iteration >= cfg.iters:
+            self.log.info(f"nothing to do: the run already completed {self.iteration} of {cfg.iters} iterations")
+            return {"iter": self.iteration}
+        writer = ScalarWriter(str(self.save_dir) if (self.is_main and cfg.tensorboard) else None,
+                              purge_step=self.iteration or None)
+        limit = self._threshold_count_limit()
+        loss_acc = torch.zeros(len(self.tasks), device=self.device)
+        acc_steps = 0
+        frozen_steps = 0
+        t_last = time.perf_counter()
+        self.model.train()
+        batches = iter(self._train_loader())
+        bar = progress(total=cfg.iters, initial=self.iteration, desc="train", enabled=self.show_progress)
+        try:
+            for it in range(self.iteration, cfg.iters):
+                batch = to_device(next(batches), self.device)
+                _, losses, counts = self._step_losses(batch)
+                reached = _TargetReached(counts, limit) if counts is not None else None
+                weights = self.weighting.update(losses.detach(), it)
+                total = (losses * weights * self.priority).sum()
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                # Stop rule: thresholds skip this step when the target holds (see _TargetReached).
+                if reached is not None and reached.get():
+                    for s in self.model.thresholds.values():
+                        s.grad = None
+                    frozen_steps += 1
+                self.optimizer.step()
+                self.scheduler.step()
+                self.iteration = it + 1
+                loss_acc += losses.detach()
+                acc_steps += 1
+                bar.update(1)
+
+                if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iters:
+                    now = time.perf_counter()
+                    self._log_interval(writer, loss_acc / acc_steps, weights, frozen_steps, acc_steps,
+                                       (now - t_last) / acc_steps, bar)
+                    loss_acc.zero_()
+                    acc_steps = frozen_steps = 0
+                    t_last = now
+                if self.iteration % cfg.val_iters == 0 or self.iteration == cfg.iters:
+                    self._validate(writer)
+                    t_last = time.perf_counter()
+                if self.is_main and (self.iteration % cfg.save_iters == 0 or self.iteration == cfg.iters):
+                    self.save()
+                    self._write_sparsity_json()
+        finally:
+            bar.close()
+            writer.close()
+        return {"iter": self.iteration, "best": self.best}
+
+    def _log_interval(self, writer: ScalarWriter, mean_losses: Tensor, weights: Tensor, frozen: int,
+                      steps: int, sec_per_iter: float, bar) -> None:
+        if not self.is_main:
+            return
+        step = self.iteration
+        losses = mean_losses.tolist()
+        w = weights.tolist()
+        lr = self.optimizer.param_groups[0]["lr"]
+        scalars = {f"Loss/train/{t}": v for t, v in zip(self.tasks, losses)}
+        scalars.update({f"LR/{t}/weights": v for t, v in zip(self.tasks, w)})
+        scalars["Loss/train/total"] = sum(p * x * y for p, x, y in zip(self.priority.tolist(), losses, w))
+        scalars["LR"] = lr
+        scalars["time/iter_s"] = sec_per_iter
+        report = self.sparsity_report()
+        self.last_report = report
+        for comp, sp in report.component_sparsity().items():
+            scalars[f"sparsity/{component_tag(comp)}"] = 100.0 * sp
+        scalars["sparsity/overall_sparsity"] = report.overall
+        if self.sparse:
+            scalars["sparsity/target"] = self.cfg.ratio
+            scalars["sparsity/frozen_fraction"] = frozen / steps
+            taus = {c: float(t.detach()) for c, t in self.model.taus().items()}
+            raw = {c: float(s.detach()) for c, s in self.model.thresholds.items()}
+            scalars["LR/sparseThreshold"] = raw["backbone"]
+            for comp, tau in taus.items():
+                scalars[f"threshold/{comp}"] = tau
+            for name, sp in report.layer_sparsity().items():
+                comp, layer = name.split(".", 1)
+                tag = f"{component_tag(comp)}_{layer}"
+                scalars[f"Layer_sparsity/{tag}"] = 100.0 * sp
+                scalars[f"Layer_thresh/{tag}"] = taus[comp]
+        writer.scalars(scalars, step)
+        loss_txt = " ".join(f"{t[:4]} {v:.4f}" for t, v in zip(self.tasks, losses))
+        wt_txt = " ".join(f"{v:.2f}" for v in w)
+        msg = (f"[Iter {step}] loss {loss_txt} | weights {wt_txt} | sparsity {100 * report.overall:.2f}% "
+               f"| lr {lr:.2e} | {sec_per_iter:.3f} s/it")
+        bar.set_postfix_str(f"loss {scalars['Loss/train/total']:.3f} sp {100 * report.overall:.1f}%", refresh=False)
+        if self.show_progress:
+            bar.write(msg)
+        else:
+            self.log.info(msg)
+
+    def selection_value(self, result: dict) -> float:
+        """Higher is better: the reference test score, or minus the mean validation loss."""
+        if self.cfg.select_by == "score":
+            refs = NYUV2_REFERENCE_SCORES[self.cfg.architecture]
+            return selection_score(result["metrics"], refs, self.directions)
+        return -sum(result["losses"].values()) / len(result["losses"])
+
+    def _validate(self, writer: ScalarWriter) -> dict:
+        batches = progress(self.val_loader(), desc="val", enabled=self.show_progress, leave=False)
+        result = evaluate(self.model, batches, self.tasks, self.metrics, self.device, self.class_weights)
+        step = self.iteration
+        score = self.selection_value(result)
+        report = self.sparsity_report()
+        if self.is_main:
+            for t, v in result["losses"].items():
+                writer.scalar(f"Loss/val/{t}", v, step)
+            for t, ms in result["metrics"].items():
+                for m, v in ms.items():
+                    writer.scalar(f"Metric/{t}/{m}", v, step)
+            writer.scalar("Loss/avg_score", score, step)
+            writer.flush()
+            metrics_txt = "; ".join(f"{t}: " + ", ".join(f"{m} {v:.4f}" for m, v in ms.items())
+                                    for t, ms in result["metrics"].items())
+            self.log.info(f"[Iter {step}] val {metrics_txt} | selection {score:.4f} "
+                          f"| sparsity {100 * report.overall:.2f}%")
+        eligible = step > self.cfg.best_after and (not self.sparse or report.overall >= self.cfg.ratio)
+        if eligible and (self.best is None or score > self.best["score"]):
+            self.best = {"score": score, "iter": step, "sparsity": report.overall}
+            if self.is_main:
+                self.save(best=True)
+        return result
+
+    def _write_sparsity_json(self) -> None:
+        import json
+
+        report = self.sparsity_report()
+        (self.save_dir / "sparsity.json").write_text(json.dumps({"iter": self.iteration, **report.as_dict()},
+                                                                 indent=1))

@@ -1,0 +1,43 @@
+"""One evaluation pass (validation during training, test.py afterwards): losses and metrics, no gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .tasks import TaskMetrics, task_loss
+
+
+def to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Tensor]], tasks: tuple[str, ...],
+             metrics: TaskMetrics, device: torch.device, class_weights: Tensor | None = None) -> dict:
+    """Mean per-task loss (sample-weighted) and the metric set over all ``batches``.
+
+    The model is put in eval mode and restored afterwards; nothing here builds an autograd graph.
+    """
+    was_training = model.training
+    model.eval()
+    metrics.reset()
+    loss_sums = torch.zeros(len(tasks), device=device, dtype=torch.float64)
+    samples = 0
+    try:
+        for batch in batches:
+            batch = to_device(batch, device)
+            preds = model(batch["input"])
+            n = batch["input"].shape[0]
+            loss_sums += torch.stack([task_loss(t, preds[t], batch, class_weights) for t in tasks]).double() * n
+            samples += n
+            metrics.update(preds, batch)
+    finally:
+        model.train(was_training)
+    if samples == 0:
+        raise ValueError("the evaluation split is empty")
+    losses = (loss_sums / samples).tolist()
+    return {"losses": dict(zip(tasks, losses)), "metrics": metrics.compute()}

@@ -1,0 +1,44 @@
+"""Evaluate a checkpoint: per-task metrics, sparsity per layer / component / overall, parameters, Δ_T.
+
+    python test.py --path outputs/adapmtl/segment_semantic_normal_depth_zbuffer.model
+    python test.py --path DENSE.model --json dense.json
+    python test.py --path SPARSE.model --reference dense.json --json sparse.json
+
+The model, dataset and tasks are read from the checkpoint's stored config; no training flags are needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from args import parse_test_args
+from main.errors import cli_main
+from main.evaluate_checkpoint import evaluate_checkpoint
+from main.evaluation import format_table
+from main.monitor import want_progress
+from main.runner import resolve_device
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse_test_args(argv)
+    device = resolve_device(ns.device)
+    result = evaluate_checkpoint(ns.path, device, ns.split, batch_size=ns.batch_size, data_root=ns.data_root,
+                                 metric_definitions=ns.metric_definitions, reference=ns.reference,
+                                 show_progress=want_progress(ns.progress))
+    label = ns.label or Path(ns.path).parent.name or Path(ns.path).stem
+    print(f"{ns.path}  ({result['dataset']}, {result['architecture']}, {ns.split} split, "
+          f"iteration {result['iter']})")
+    print(format_table([(label, result)]))
+    params = result["params"]
+    print(f"parameters: {params['nonzero']:,} non-zero of {params['total']:,} "
+          f"(overall thresholded-weight sparsity {100 * result['sparsity']['overall']:.2f}%)")
+    if ns.json:
+        Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(ns.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {ns.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)
