@@ -43,7 +43,7 @@ class Config:
     dataset: str = _f("synthetic", "data", "synthetic | nyuv2 | taskonomy")
     data_root: str | None = _f(None, "data", "dataset folder (real datasets only)")
     tasks: list[str] = _f(list(DEFAULT_TASKS), "data", "tasks, in head order", nargs="+")
-    crop_size: int = _f(64, "data", "train crop / test resize (synthetic: render size)")
+    crop_size: int = _f(96, "data", "train crop / test resize (synthetic: render size)")
     train_size: int = _f(2000, "data", "synthetic: number of training scenes")
     val_size: int = _f(200, "data", "synthetic: number of validation scenes")
     test_size: int = _f(200, "data", "synthetic: number of test scenes")
@@ -52,23 +52,23 @@ class Config:
     num_workers: int = _f(0, "data", "DataLoader worker processes (0 = load in the training process)")
     # -- model
     architecture: str = _f("resnet34", "model", "resnet34 | mobilenetv2")
-    width_mult: float = _f(0.25, "model", "channel multiplier for backbone and heads (1.0 = paper shapes)")
+    width_mult: float = _f(0.125, "model", "channel multiplier for backbone and heads (1.0 = paper shapes)")
     head_dropout: float = _f(0.5, "model", "dropout inside the ASPP heads")
     # -- sparsity
     dense: bool = _f(False, "sparsity", "train without soft thresholds (the dense baseline)")
-    sInit_value: float = _f(-5.0, "sparsity", "initial threshold parameter s for every component")
+    sInit_value: float = _f(-4.0, "sparsity", "initial threshold parameter s for every component")
     sInit_type: str = _f("constant", "sparsity", "only 'constant' (kept for reference scripts)")
     sparse_function: str = _f("sigmoid", "sparsity", "only 'sigmoid' (kept for reference scripts)")
     ratio: float = _f(0.9, "sparsity", "target overall sparsity in (0, 1): thresholds freeze while reached")
     # -- optimisation
-    iters: int = _f(1000, "optimisation", "training iterations")
+    iters: int = _f(1500, "optimisation", "training iterations")
     lr: float = _f(1e-3, "optimisation", "Adam learning rate")
-    decay_lr_freq: int = _f(400, "optimisation", "StepLR step size (iterations)")
+    decay_lr_freq: int = _f(600, "optimisation", "StepLR step size (iterations)")
     decay_lr_rate: float = _f(0.5, "optimisation", "StepLR gamma")
-    weight_decay: float = _f(1e-4, "optimisation", "coupled L2 on every parameter, thresholds included")
+    weight_decay: float = _f(3e-4, "optimisation", "coupled L2 on every parameter, thresholds included")
     task_weighting: str = _f("adaptive", "optimisation", "adaptive (reference sliding window) | equal")
-    adaptive_begin: int = _f(250, "optimisation", "iteration at which adaptive weighting starts (ref 5000)")
-    adaptive_window: int = _f(25, "optimisation", "sliding-window length (ref 500)")
+    adaptive_begin: int = _f(400, "optimisation", "iteration at which adaptive weighting starts (ref 5000)")
+    adaptive_window: int = _f(40, "optimisation", "sliding-window length (ref 500)")
     adaptive_total: float | None = _f(3.0, "optimisation",
                                       "weights sum to this (reference: 3 for any task count; null = #tasks)")
     priority: list[float] | None = _f(None, "optimisation", "per-task loss priorities (default all 1)",
@@ -76,14 +76,14 @@ class Config:
     seed: int = _f(0, "optimisation", "seed for data order, augmentation, dropout and init")
     deterministic: bool = _f(False, "optimisation", "torch.use_deterministic_algorithms (slower on GPU)")
     # -- evaluation
-    val_iters: int = _f(200, "evaluation", "validate every N iterations (and at the end)")
+    val_iters: int = _f(300, "evaluation", "validate every N iterations (and at the end)")
     metric_definitions: str = _f("parity", "evaluation", "parity (reference metrics) | standard")
     select_by: str = _f("loss", "evaluation", "best checkpoint by: loss (mean val loss) | score (ref score)")
     best_after: int = _f(0, "evaluation", "only iterations after this can be 'best' (reference NYUv2: 16000)")
     # -- logging
     save_dir: str = _f("outputs/adapmtl", "logging", "run folder: checkpoints, config.yaml, TensorBoard")
     log_every: int = _f(50, "logging", "log per-layer scalars and print every N iterations")
-    save_iters: int = _f(200, "logging", "write the resumable checkpoint every N iterations")
+    save_iters: int = _f(300, "logging", "write the resumable checkpoint every N iterations")
     progress: str = _f("auto", "logging", "progress bars: auto (only on a terminal) | on | off")
     tensorboard: bool = _f(True, "logging", "write TensorBoard events (--no-tensorboard to skip)")
     # -- run

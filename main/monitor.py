@@ -44,7 +44,7 @@ def get_logger(save_dir: str | None, name: str = "adapmtl", enabled: bool = True
         return logger
     logger.setLevel(logging.INFO)
     fmt = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    console = logging.StreamHandler(sys.stdout)
+    console = _TqdmHandler()
     console.setFormatter(fmt)
     logger.addHandler(console)
     if save_dir:
@@ -53,6 +53,16 @@ def get_logger(save_dir: str | None, name: str = "adapmtl", enabled: bool = True
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     return logger
+
+
+class _TqdmHandler(logging.Handler):
+    """Console lines that do not break an active progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:  # logging must never kill training
+            self.handleError(record)
 
 
 class ScalarWriter:

@@ -262,10 +262,7 @@ class Trainer:
         msg = (f"[Iter {step}] loss {loss_txt} | weights {wt_txt} | sparsity {100 * report.overall:.2f}% "
                f"| lr {lr:.2e} | {sec_per_iter:.3f} s/it")
         bar.set_postfix_str(f"loss {scalars['Loss/train/total']:.3f} sp {100 * report.overall:.1f}%", refresh=False)
-        if self.show_progress:
-            bar.write(msg)
-        else:
-            self.log.info(msg)
+        self.log.info(msg)
 
     def selection_value(self, result: dict) -> float:
         """Higher is better: the reference test score, or minus the mean validation loss."""

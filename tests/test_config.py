@@ -52,3 +52,12 @@ def test_reference_flag_names_exist_and_accept_any_value():
     # no two-value `choices` lists: any positive value is accepted
     cfg = parse_args(["--iters", "1234", "--lr", "3e-4", "--decay_lr_freq", "777", "--val_iters", "13"])
     assert (cfg.iters, cfg.lr, cfg.decay_lr_freq, cfg.val_iters) == (1234, 3e-4, 777, 13)
+
+
+def test_presets_parse_and_synthetic_preset_is_the_default():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for preset in sorted((root / "configs").glob("*.yaml")):
+        parse_args(["--config", str(preset)])
+    assert parse_args(["--config", str(root / "configs" / "synthetic.yaml")]).to_dict() == Config().to_dict()

@@ -135,3 +135,14 @@ def test_refuses_to_overwrite_another_run(tmp_path, tiny_flags):
     proc = run_cli("baseline.py", *tiny_flags, "--iters", "1", "--save_dir", str(run))
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
     assert (run / CKPT).read_bytes() == before
+
+
+def test_five_task_variant_trains_and_evaluates(tmp_path, tiny_flags):
+    run = tmp_path / "five"
+    tasks = ["segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture"]
+    train(tiny_flags + ["--iters", "2", "--save_dir", str(run), "--tasks", *tasks])
+    assert test_script.main(["--path", str(run / ("_".join(tasks) + ".model")), "--json", str(tmp_path / "f.json"),
+                             "--progress", "off"]) == 0
+    res = json.loads((tmp_path / "f.json").read_text())
+    assert set(res["sparsity"]["components"]) == {"backbone", *tasks}
+    assert res["metrics"]["keypoints2d"].keys() == {"key_err"} and res["metrics"]["edge_texture"].keys() == {"edge_err"}
