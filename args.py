@@ -56,16 +56,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
     """Flags -> validated ``Config``; ``cfg.explicit`` holds the names given on the command line."""
-    ns = vars(build_parser().parse_args(argv))
-    cfg = Config()
-    config_file = ns.pop("config", None)
-    if config_file:
-        apply_overrides(cfg, load_yaml(config_file), config_file)
-    for key, value in ns.items():
-        setattr(cfg, key, value)
-    cfg.validate()
-    cfg.explicit = set(ns)  # type: ignore[attr-defined]
-    return cfg
+    return _config_from(vars(build_parser().parse_args(argv)))
 
 
 def build_test_parser() -> argparse.ArgumentParser:
@@ -92,3 +83,68 @@ def parse_test_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if ns.batch_size is not None and ns.batch_size <= 0:
         raise ConfigError(f"--batch_size must be a positive integer, got {ns.batch_size}")
     return ns
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--load_checkpoint", metavar="CKPT",
+                        help="checkpoint to start from; its stored config rebuilds the model and data "
+                             "(without it: a freshly initialised model from --config / the flags, for at-init methods)")
+
+
+def build_prune_parser() -> argparse.ArgumentParser:
+    """pruning.py: the training flags (used when no checkpoint is given) plus the pruning group."""
+    parser = build_parser("Hard-prune a checkpoint (or a fresh initialisation) with one criterion.")
+    _add_source_args(parser)
+    g = parser.add_argument_group("pruning")
+    g.add_argument("--method", help="magnitude | random | snip | disparse_pt | disparse_static | taylor | cosprune")
+    g.add_argument("--prune_ratio", type=float,
+                   help="target: overall sparsity of the prunable weights (structured: fraction of backbone filters)")
+    g.add_argument("--backbone_sparsity", type=float,
+                   help="magnitude only: backbone pruned to this, the heads jointly to --prune_ratio")
+    g.add_argument("--num_batches", type=int, help="batches for gradient-based scores (default 10)")
+    g.add_argument("--disparse_score", help="disparse_pt score: magnitude (NYUv2 reference) | w2grad (Taskonomy)")
+    return parser
+
+
+def parse_prune_args(argv: Sequence[str] | None = None) -> tuple[Config, dict]:
+    """-> (config for a fresh model or overrides, pruning options); ``cfg.explicit`` as in ``parse_args``."""
+    ns = vars(build_prune_parser().parse_args(argv))
+    opts = {k: ns.pop(k, None) for k in ("load_checkpoint", "method", "prune_ratio", "backbone_sparsity",
+                                         "num_batches", "disparse_score")}
+    if opts["method"] is None:
+        raise ConfigError("--method is required, e.g. --method magnitude")
+    if opts["prune_ratio"] is None or not 0.0 < opts["prune_ratio"] < 1.0:
+        raise ConfigError(f"--prune_ratio must be a fraction in (0, 1), got {opts['prune_ratio']}; e.g. 0.9")
+    bs = opts["backbone_sparsity"]
+    if bs is not None and not 0.0 <= bs < 1.0:
+        raise ConfigError(f"--backbone_sparsity must be in [0, 1), got {bs}")
+    opts["num_batches"] = opts["num_batches"] or 10
+    if opts["num_batches"] <= 0:
+        raise ConfigError("--num_batches must be a positive integer")
+    return _config_from(ns), opts
+
+
+def _config_from(ns: dict) -> Config:
+    cfg = Config()
+    config_file = ns.pop("config", None)
+    if config_file:
+        apply_overrides(cfg, load_yaml(config_file), config_file)
+    for key, value in ns.items():
+        setattr(cfg, key, value)
+    cfg.validate()
+    cfg.explicit = set(ns)  # type: ignore[attr-defined]
+    return cfg
+
+
+def build_finetune_parser() -> argparse.ArgumentParser:
+    parser = build_parser("Fine-tune a pruned checkpoint with its masks enforced (pruned weights stay zero).")
+    _add_source_args(parser)
+    return parser
+
+
+def parse_finetune_args(argv: Sequence[str] | None = None) -> tuple[Config, str | None]:
+    ns = vars(build_finetune_parser().parse_args(argv))
+    ckpt = ns.pop("load_checkpoint", None)
+    if ckpt is None and not ns.get("resume"):
+        raise ConfigError("--load_checkpoint PRUNED.model is required (or --resume to continue a fine-tuning run)")
+    return _config_from(ns), ckpt

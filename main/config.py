@@ -50,6 +50,10 @@ class Config:
     data_seed: int = _f(0, "data", "synthetic: seed of the scenes (kept apart from --seed so splits stay fixed)")
     batch_size: int = _f(8, "data", "batch size for training and evaluation (per process)")
     num_workers: int = _f(0, "data", "DataLoader worker processes (0 = load in the training process)")
+    normals: str = _f("parity", "data", "NYUv2 normals: parity (reference raw BGR 0-255 triples, not flipped) | "
+                      "unit (vectors in [-1, 1], x negated on flips)")
+    skip_bad_samples: bool = _f(False, "data", "replace unreadable samples by the next good one (counted and "
+                                "reported) instead of stopping with an error")
     # -- model
     architecture: str = _f("resnet34", "model", "resnet34 | mobilenetv2")
     width_mult: float = _f(0.125, "model", "channel multiplier for backbone and heads (1.0 = paper shapes)")
@@ -101,6 +105,7 @@ class Config:
         _one_of("--metric_definitions", self.metric_definitions, ("parity", "standard"))
         _one_of("--select_by", self.select_by, ("loss", "score"))
         _one_of("--progress", self.progress, ("auto", "on", "off"))
+        _one_of("--normals", self.normals, ("parity", "unit"))
         _one_of("--sInit_type", self.sInit_type, ("constant",))
         _one_of("--sparse_function", self.sparse_function, ("sigmoid",))
         if not self.tasks:

@@ -60,11 +60,8 @@ def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *,
                         data_root: str | None = None, metric_definitions: str | None = None,
                         reference: str | None = None, show_progress: bool = False) -> dict:
     state = load_checkpoint(path, map_location="cpu")
-    cfg, model = model_from_checkpoint(state, path, device)
-    if data_root:
-        cfg.data_root = data_root
-    if metric_definitions:
-        cfg.metric_definitions = metric_definitions
+    overrides = {k: v for k, v in (("data_root", data_root), ("metric_definitions", metric_definitions)) if v}
+    cfg, model = model_from_checkpoint(state, path, device, overrides)
     cfg.validate()
     info = dataset_info(cfg)
     ref = load_reference(reference, info.tasks) if reference else None

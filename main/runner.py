@@ -16,12 +16,13 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, ConfigError, dump_yaml
 from .data import build_dataset, dataset_info
+from .distributed import DistInfo
 from .models import build_model
 from .trainer import Trainer, checkpoint_name
 
 # Flags that may change when a run is resumed; any other difference would silently break "exact resume".
 RESUMABLE_OVERRIDES = {"iters", "device", "progress", "num_workers", "val_iters", "log_every", "save_iters",
-                       "tensorboard", "resume", "data_root", "save_dir"}
+                       "tensorboard", "resume", "data_root", "save_dir", "skip_bad_samples"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,38 +89,47 @@ def config_for_resume(cfg: Config, explicit: set[str]) -> tuple[Config, dict]:
     return resumed.validate(), state
 
 
-def build_trainer(cfg: Config, explicit: set[str] | None = None, rank: int = 0, world_size: int = 1) -> Trainer:
+def build_trainer(cfg: Config, explicit: set[str] | None = None, dist_info: DistInfo | None = None,
+                  device: torch.device | None = None) -> Trainer:
     """Everything ``baseline.py`` needs before ``trainer.train()``, in an order that fails fast."""
     explicit = explicit or set()
+    dist_info = dist_info or DistInfo()
     state = None
     if cfg.resume:
         if not Path(cfg.save_dir).is_dir():
             raise ConfigError(f"--resume: {cfg.save_dir} does not exist; start the run without --resume")
         cfg, state = config_for_resume(cfg, explicit)
-    check_run_dir(cfg)
-    device = resolve_device(cfg.device)
+    if dist_info.is_main:
+        check_run_dir(cfg)
+    device = device or resolve_device(cfg.device)
     reload_state = load_checkpoint(cfg.reload) if cfg.reload else None
-    seed_everything(cfg.seed, rank, cfg.deterministic)
+    seed_everything(cfg.seed, dist_info.rank, cfg.deterministic)
     info = dataset_info(cfg)
     train_set = build_dataset(cfg, "train")
     val_set = build_dataset(cfg, "val")
     model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, cfg.sInit_value,
                         sparse=not cfg.dense, head_dropout=cfg.head_dropout)
-    trainer = Trainer(cfg, model, info, train_set, val_set, device, rank, world_size)
+    trainer = Trainer(cfg, model, info, train_set, val_set, device, dist_info)
     if state is not None:
         trainer.resume_from(state, f"{cfg.save_dir}")
     elif reload_state is not None:
         trainer.reload_from(reload_state, cfg.reload)
-    if rank == 0:
+    if dist_info.is_main:
         dump_yaml(cfg, str(Path(cfg.save_dir) / "config.yaml"))
     return trainer
 
 
-def model_from_checkpoint(state: dict, source: str, device: torch.device) -> tuple[Config, torch.nn.Module]:
-    """Rebuild the model a checkpoint was trained with (config read from the file) and load its weights."""
+def model_from_checkpoint(state: dict, source: str, device: torch.device,
+                          overrides: dict | None = None) -> tuple[Config, torch.nn.Module]:
+    """Rebuild the model a checkpoint was trained with (config read from the file) and load its weights.
+
+    ``overrides`` (e.g. a moved ``data_root``) apply before anything reads the dataset.
+    """
     if "config" not in state:
         raise CheckpointError(f"{source} carries no config; it was not written by this code")
     cfg = Config.from_dict(state["config"], source=source)
+    for key, value in (overrides or {}).items():
+        setattr(cfg, key, value)
     info = dataset_info(cfg)
     model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, cfg.sInit_value,
                         sparse=not cfg.dense, head_dropout=cfg.head_dropout)

@@ -399,7 +399,8 @@ class _Depth(_Accumulator):
     """Depth: abs/rel error (batch-weighted in parity, pixel-weighted in standard) and δ-ratios."""
 
     SUMS = (("abs_wsum", True), ("rel_wsum", True), ("weight", True), ("abs_sum", True), ("rel_sum", True),
-            ("count", False), ("sigma_1", False), ("sigma_2", False), ("sigma_3", False))
+            ("count", False), ("sigma_1", False), ("sigma_2", False), ("sigma_3", False),
+            ("sigma_pos_1", False), ("sigma_pos_2", False), ("sigma_pos_3", False))
 
     def update(self, pred: Tensor, gt: Tensor, mask: Tensor | None) -> None:
         pred = _upsample_to(pred, gt)
@@ -423,11 +424,14 @@ class _Depth(_Accumulator):
         self.add("abs_sum", abs_sum)
         self.add("rel_sum", rel_sum)
         self.add("count", n)
-        # Exactly the reference's ratio, including its quirk that a negative prediction gives a negative
-        # ratio (counted as within every threshold); heads rarely predict negative depth once trained.
+        # Parity: exactly the reference's ratio, including its quirk that a negative prediction gives a negative
+        # ratio (counted as within every threshold).  Standard: a prediction <= 0 is never within a threshold.
         ratio = torch.maximum(pred / gt, gt / pred)
+        positive = valid & (pred > 0)
         for k, t in enumerate(SIGMA_THRESHOLDS, start=1):
-            self.add(f"sigma_{k}", (valid & (ratio <= t)).sum())
+            within = ratio <= t
+            self.add(f"sigma_{k}", (valid & within).sum())
+            self.add(f"sigma_pos_{k}", (positive & within).sum())
 
     def compute(self, style: str, definitions: str) -> dict[str, float]:
         if definitions == "parity":
@@ -440,8 +444,9 @@ class _Depth(_Accumulator):
             return {"abs_err": abs_err}
         n = self.value("count")
         out = {"abs_err": abs_err, "rel_err": rel_err}
+        key = "sigma" if definitions == "parity" else "sigma_pos"
         for k, name in enumerate(("sigma_1.25", "sigma_1.25^2", "sigma_1.25^3"), start=1):
-            out[name] = 100.0 * _ratio(self.value(f"sigma_{k}"), n)
+            out[name] = 100.0 * _ratio(self.value(f"{key}_{k}"), n)
         return out
 
 

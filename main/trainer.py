@@ -21,7 +21,9 @@ from .checkpoint import CHECKPOINT_VERSION, CheckpointError, atomic_save, rng_st
 from .config import Config
 from .data import DatasetInfo
 from .data.sampler import ResumableBatchSampler
+from .distributed import DistInfo, all_reduce_mean, barrier
 from .evaluation import NYUV2_REFERENCE_SCORES, selection_score
+from .masks import MaskSet
 from .models import MultiTaskModel
 from .monitor import ScalarWriter, component_tag, get_logger, progress, want_progress
 from .sparse import SparsityCounter, SparsityReport
@@ -63,16 +65,20 @@ class Trainer:
     """Owns the model, optimiser, scheduler, weighting and loaders of one run (one process of it under DDP)."""
 
     def __init__(self, cfg: Config, model: MultiTaskModel, info: DatasetInfo, train_set: Dataset,
-                 val_set: Dataset, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
+                 val_set: Dataset, device: torch.device, dist_info: DistInfo | None = None) -> None:
         self.cfg = cfg
         self.info = info
         self.tasks = info.tasks
         self.device = device
-        self.rank = rank
-        self.world_size = world_size
-        self.is_main = rank == 0
+        self.dist = dist_info or DistInfo()
+        self.is_main = self.dist.is_main
         self.model = model.to(device)
         self.model.set_sparse(not cfg.dense)
+        self.net: torch.nn.Module = self.model  # what the training forward calls (DDP-wrapped under torchrun)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.sparse = not cfg.dense
         self.class_weights = info.class_weights.to(device) if info.class_weights is not None else None
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -94,6 +100,13 @@ class Trainer:
         self.show_progress = self.is_main and want_progress(cfg.progress)
         self.log = get_logger(str(self.save_dir), enabled=self.is_main)
         self.last_report: SparsityReport | None = None
+        self.masks: MaskSet | None = None  # hard-pruning masks, enforced after every step when set
+
+    def set_masks(self, masks: MaskSet | None) -> None:
+        """Enforce ``masks`` from now on (pruned weights zeroed now and after every optimiser step)."""
+        self.masks = masks.to(self.device) if masks is not None else None
+        if self.masks is not None:
+            self.masks.apply()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -106,6 +119,7 @@ class Trainer:
             "weighting": self.weighting.state_dict(),
             "rng": rng_state(),
             "best": self.best,
+            "masks": self.masks.state_dict() if self.masks is not None else None,
             "version": CHECKPOINT_VERSION,
             "torch_version": str(torch.__version__),
         }
@@ -130,6 +144,10 @@ class Trainer:
         self.weighting.load_state_dict(state["weighting"])
         set_rng_state(state["rng"])
         self.best = state.get("best")
+        if state.get("masks") is not None:
+            masks = MaskSet(self.model)
+            masks.load_state_dict(state["masks"])
+            self.set_masks(masks)
         self.iteration = int(state["iter"])
 
     def reload_from(self, state: dict, source: str) -> None:
@@ -145,7 +163,8 @@ class Trainer:
     # ------------------------------------------------------------------ loop pieces
     def _train_loader(self) -> DataLoader:
         sampler = ResumableBatchSampler(len(self.train_set), self.cfg.batch_size, self.cfg.seed,
-                                        start_batch=self.iteration, rank=self.rank, world_size=self.world_size)
+                                        start_batch=self.iteration, rank=self.dist.rank,
+                                        world_size=self.dist.world_size)
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.num_workers,
                           pin_memory=self.device.type == "cuda", generator=torch.Generator(),
                           persistent_workers=False)
@@ -161,7 +180,7 @@ class Trainer:
         return (1.0 - self.cfg.ratio) * sum(self.counter.totals)
 
     def _step_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-        preds = self.model(batch["input"])
+        preds = self.net(batch["input"])
         losses = torch.stack([task_loss(t, preds[t], batch, self.class_weights) for t in self.tasks])
         counts = self.counter.count(self.model.taus()) if self.sparse else None
         return preds, losses, counts
@@ -191,16 +210,21 @@ class Trainer:
                 batch = to_device(next(batches), self.device)
                 _, losses, counts = self._step_losses(batch)
                 reached = _TargetReached(counts, limit) if counts is not None else None
-                weights = self.weighting.update(losses.detach(), it)
+                # Every rank folds in the same (all-reduced) losses, so every rank holds the same weights.
+                weights = self.weighting.update(all_reduce_mean(losses.detach(), self.dist), it)
                 total = (losses * weights * self.priority).sum()
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
+                if self.masks is not None:
+                    self.masks.mask_grads()
                 # Stop rule: thresholds skip this step when the target holds (see _TargetReached).
                 if reached is not None and reached.get():
                     for s in self.model.thresholds.values():
                         s.grad = None
                     frozen_steps += 1
                 self.optimizer.step()
+                if self.masks is not None:
+                    self.masks.apply()
                 self.scheduler.step()
                 self.iteration = it + 1
                 loss_acc += losses.detach()
@@ -215,7 +239,9 @@ class Trainer:
                     acc_steps = frozen_steps = 0
                     t_last = now
                 if self.iteration % cfg.val_iters == 0 or self.iteration == cfg.iters:
-                    self._validate(writer)
+                    if self.is_main:  # parameters are identical on every rank: one evaluation suffices
+                        self._validate(writer)
+                    barrier(self.dist)
                     t_last = time.perf_counter()
                 if self.is_main and (self.iteration % cfg.save_iters == 0 or self.iteration == cfg.iters):
                     self.save()
@@ -223,6 +249,10 @@ class Trainer:
         finally:
             bar.close()
             writer.close()
+        bad = getattr(self.train_set, "bad_samples", 0)
+        if bad and self.is_main:
+            self.log.info(f"skipped {bad} unreadable training sample(s) (--skip_bad_samples); see the dataset check: "
+                          f"python -m main.data.check --dataset {self.cfg.dataset} --data_root {self.cfg.data_root}")
         return {"iter": self.iteration, "best": self.best}
 
     def _log_interval(self, writer: ScalarWriter, mean_losses: Tensor, weights: Tensor, frozen: int,

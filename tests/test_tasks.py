@@ -251,6 +251,8 @@ def test_depth_negative_prediction_quirk_is_kept():
     m = TaskMetrics([DEPTH], num_classes=1)
     m.update({DEPTH: row(-1.0)}, {DEPTH: row(1.0)})
     assert m.compute()[DEPTH]["sigma_1.25"] == 100.0
+    # the standard definitions count a non-positive prediction as outside every threshold
+    assert m.compute("standard")[DEPTH]["sigma_1.25^3"] == 0.0
 
 
 def test_keypoint_edge_metrics_nyuv2_style():

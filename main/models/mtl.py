@@ -58,6 +58,20 @@ class MultiTaskModel(nn.Module):
         for s in self.thresholds.values():
             s.requires_grad_(sparse)
 
+    @torch.no_grad()
+    def bake_thresholds(self) -> None:
+        """Write the effective (soft-thresholded) weights into the convs and switch the thresholds off.
+
+        Afterwards the model is an ordinary dense-storage network whose zeros are the pruned weights: the form
+        hard pruning, fine-tuning and export work on.  Survivors keep their shrunken value |W| - tau.
+        """
+        if self.sparse:
+            taus = self.taus()
+            for name, convs in self._component_convs.items():
+                for conv in convs:
+                    conv.weight.copy_(conv.effective_weight(taus[name]))
+        self.set_sparse(False)
+
     def _assign_taus(self) -> None:
         taus = self.taus() if self.sparse else {}
         for name, convs in self._component_convs.items():

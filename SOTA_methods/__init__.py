@@ -1,0 +1,1 @@
+"""Pruning baselines on one engine (``engine.py``): criteria in small files, schedules that train in others."""

@@ -1,0 +1,192 @@
+"""The shared pruning engine: per-task gradients, scorers, selectors that hit an exact budget, task arbiters.
+
+Every unstructured baseline is "collect statistics → score weights → select under a budget → combine tasks →
+enforce the mask".  The masks themselves (``main.masks.MaskSet``) live in the core because the trainer enforces
+them; this module fills them.  Scores are dicts ``{weight name: tensor shaped like the weight}``; higher means
+keep.  Budgets are kept-weight COUNTS over the prunable weights (the ones AdapMTL thresholds), so every method's
+sparsity is measured exactly as AdapMTL's is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from main.masks import MaskSet
+from main.models import BACKBONE, MultiTaskModel
+from main.tasks import task_loss
+from main.validation import to_device
+
+Scores = dict[str, Tensor]
+
+
+# ------------------------------------------------------------------------------------------- statistics
+def task_gradients(model: MultiTaskModel, masks: MaskSet, batches: Iterable[Mapping[str, Tensor]],
+                   tasks: Sequence[str], device: torch.device, *, per_task: bool,
+                   class_weights: Tensor | None = None,
+                   statistic: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, Scores]:
+    """Accumulate ``statistic(weight, grad)`` (default: the raw gradient) over ``batches``.
+
+    ``per_task=True`` gives one entry per task, each from that task's unweighted loss alone (one forward and T
+    backward passes per batch, through ``autograd.grad``); ``per_task=False`` one entry ``"total"`` from the sum
+    of the task losses.  Gradients are taken at the masked point (pruned weights are zero).  The model is put in
+    train mode (BatchNorm batch statistics, as during training) and its parameters' ``.grad`` are untouched.
+    """
+    statistic = statistic or (lambda w, g: g)
+    params = [w.param for w in masks]
+    keys = list(tasks) if per_task else ["total"]
+    acc: dict[str, Scores] = {k: {w.name: torch.zeros_like(w.param) for w in masks} for k in keys}
+    was_training = model.training
+    model.train()
+    try:
+        for batch in batches:
+            batch = to_device(batch, device)
+            preds = model(batch["input"])
+            losses = {t: task_loss(t, preds[t], batch, class_weights) for t in tasks}
+            targets = [(t, losses[t]) for t in tasks] if per_task else [("total", sum(losses.values()))]
+            for i, (key, loss) in enumerate(targets):
+                grads = torch.autograd.grad(loss, params, retain_graph=i < len(targets) - 1, allow_unused=True)
+                for w, g in zip(masks, grads):
+                    if g is not None:
+                        acc[key][w.name] += statistic(w.param.detach(), g)
+    finally:
+        model.train(was_training)
+    return acc
+
+
+def scope_of(masks: MaskSet, task: str | None) -> list[str]:
+    """Weight names a task uses: the shared backbone plus its own head (all weights for ``None``)."""
+    return [w.name for w in masks if task is None or w.component in (BACKBONE, task)]
+
+
+# --------------------------------------------------------------------------------------------- scorers
+def magnitude_scores(masks: MaskSet) -> Scores:
+    return {w.name: w.param.detach().abs() for w in masks}
+
+
+def random_scores(masks: MaskSet, seed: int) -> Scores:
+    gen = torch.Generator().manual_seed(seed)
+    return {w.name: torch.rand(w.param.shape, generator=gen).to(w.param.device) for w in masks}
+
+
+def connection_sensitivity(weight: Tensor, grad: Tensor) -> Tensor:
+    """SNIP's |∂L/∂c| at c = 1, which equals |w·g| exactly (no mask variables needed)."""
+    return (weight * grad).abs()
+
+
+# ------------------------------------------------------------------------------------------- selectors
+def _flat(scores: Scores, names: Sequence[str], masks: MaskSet) -> Tensor:
+    """Scores of ``names`` concatenated; already-pruned weights get -inf so they are never kept again."""
+    parts = []
+    for n in names:
+        s = scores[n].detach().float().flatten()
+        parts.append(torch.where(masks.masks[n].flatten(), s, torch.full_like(s, float("-inf"))))
+    return torch.cat(parts)
+
+
+def _unflatten(keep: Tensor, names: Sequence[str], masks: MaskSet) -> dict[str, Tensor]:
+    out, start = {}, 0
+    for n in names:
+        numel = masks.masks[n].numel()
+        out[n] = keep[start:start + numel].view_as(masks.masks[n])
+        start += numel
+    return out
+
+
+def top_k_mask(scores: Scores, names: Sequence[str], masks: MaskSet, keep: int) -> dict[str, Tensor]:
+    """Keep exactly ``keep`` weights of ``names`` with the highest scores (ties broken by index, never by value)."""
+    flat = _flat(scores, names, masks)
+    keep = max(0, min(keep, int(torch.isfinite(flat).sum())))
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if keep:
+        mask[torch.topk(flat, keep, sorted=False).indices] = True
+    return _unflatten(mask, names, masks)
+
+
+def select_global(scores: Scores, masks: MaskSet, sparsity: float) -> dict[str, Tensor]:
+    """One ranking over every prunable weight (IMP / SNIP / magnitude)."""
+    names = list(masks.masks)
+    return top_k_mask(scores, names, masks, round((1.0 - sparsity) * masks.total()))
+
+
+def select_per_component(scores: Scores, masks: MaskSet, sparsity: Mapping[str, float]) -> dict[str, Tensor]:
+    """A separate ranking per component, each with its own sparsity (the reference ``pruning_head.py``)."""
+    out: dict[str, Tensor] = {}
+    for comp in masks.components():
+        names = [w.name for w in masks if w.component == comp]
+        total = sum(masks.masks[n].numel() for n in names)
+        out.update(top_k_mask(scores, names, masks, round((1.0 - sparsity[comp]) * total)))
+    return out
+
+
+def select_per_layer(scores: Scores, masks: MaskSet, density: Mapping[str, float]) -> dict[str, Tensor]:
+    """Each layer keeps its own fraction ``density[name]`` (ERK budgets, per-layer magnitude drop)."""
+    out: dict[str, Tensor] = {}
+    for name, d in density.items():
+        out.update(top_k_mask(scores, [name], masks, round(d * masks.masks[name].numel())))
+    return out
+
+
+def arbitrate(task_masks: Mapping[str, Mapping[str, Tensor]], masks: MaskSet) -> dict[str, Tensor]:
+    """DiSparse's arbiter: a shared (backbone) weight survives if ANY task keeps it; a head follows its task."""
+    out: dict[str, Tensor] = {}
+    for w in masks:
+        if w.component == BACKBONE:
+            keep = torch.zeros_like(masks.masks[w.name])
+            for tm in task_masks.values():
+                keep |= tm[w.name]
+            out[w.name] = keep
+        else:
+            out[w.name] = task_masks[w.component][w.name]
+    return out
+
+
+def select_disparse(task_scores: Mapping[str, Scores], masks: MaskSet, sparsity: float,
+                    tolerance: int = 1) -> dict[str, Tensor]:
+    """Per-task top-κ over (backbone + own head), OR on shared weights; κ found by bisection for the target.
+
+    Replaces DiSparse's hand-tuned κ tables: the kept count after the arbiter is monotone in κ, so bisection
+    lands within ``tolerance`` weights of the target (or as close as the discrete steps allow).
+    """
+    target = round((1.0 - sparsity) * masks.total())
+    orders = {}
+    for task, scores in task_scores.items():
+        names = scope_of(masks, task)
+        flat = _flat(scores, names, masks)
+        orders[task] = (names, torch.argsort(flat, descending=True, stable=True), int(torch.isfinite(flat).sum()))
+
+    def build(kappa: float) -> dict[str, Tensor]:
+        per_task = {}
+        for task, (names, order, alive) in orders.items():
+            n = sum(masks.masks[x].numel() for x in names)
+            keep = torch.zeros(n, dtype=torch.bool, device=order.device)
+            keep[order[:min(alive, int(kappa * n))]] = True
+            per_task[task] = _unflatten(keep, names, masks)
+        return arbitrate(per_task, masks)
+
+    def kept(m: dict[str, Tensor]) -> int:
+        return int(sum(int(v.sum()) for v in m.values()))
+
+    lo, hi = 0.0, 1.0
+    best = build(hi)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        m = build(mid)
+        k = kept(m)
+        if abs(k - target) <= tolerance:
+            return m
+        if k > target:
+            hi, best = mid, m
+        else:
+            lo = mid
+    return best
+
+
+def install(masks: MaskSet, keep: Mapping[str, Tensor]) -> MaskSet:
+    """Intersect ``keep`` into ``masks`` (pruned weights stay pruned) and zero the pruned weights."""
+    for name, k in keep.items():
+        masks.masks[name] = masks.masks[name] & k.to(masks.masks[name].device)
+    masks.apply()
+    return masks

@@ -1,0 +1,99 @@
+"""What ``pruning.py`` does: load (or initialise) a model, score, select, save a pruned checkpoint + mask report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from main.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint
+from main.config import Config, ConfigError
+from main.data import build_dataset, dataset_info
+from main.data.sampler import ResumableBatchSampler
+from main.masks import MaskSet
+from main.models import MultiTaskModel, build_model
+from main.runner import check_run_dir, model_from_checkpoint, resolve_device, seed_everything
+from main.sparse import SparsityCounter, SparsityReport
+from main.trainer import checkpoint_name
+
+from .engine import install
+from .oneshot import UNSTRUCTURED, prune_oneshot
+
+STRUCTURED = ("taylor", "cosprune")
+# Flags that may differ from the source checkpoint's config when pruning it.
+PRUNE_OVERRIDES = ("data_root", "device", "batch_size", "num_workers", "seed", "save_dir", "overwrite", "progress")
+
+
+def load_source(cfg: Config, checkpoint: str | None,
+                device: torch.device) -> tuple[Config, MultiTaskModel, dict | None]:
+    """The model to prune, with soft thresholds baked into the weights, and the config to store with it."""
+    if checkpoint:
+        state = load_checkpoint(checkpoint)
+        overrides = {k: getattr(cfg, k) for k in getattr(cfg, "explicit", set()) & set(PRUNE_OVERRIDES)}
+        cfg, model = model_from_checkpoint(state, checkpoint, device, overrides)
+        masks = state.get("masks")
+    else:
+        info = dataset_info(cfg)
+        model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, cfg.sInit_value,
+                            sparse=not cfg.dense, head_dropout=cfg.head_dropout).to(device)
+        masks = None
+    model.bake_thresholds()
+    cfg.dense = True
+    cfg.resume = False
+    cfg.reload = None
+    return cfg.validate(), model, masks
+
+
+def score_batches(cfg: Config, n: int):
+    """The first ``n`` training batches of the run's seeded order (what at-init / gradient scores see)."""
+    dataset = build_dataset(cfg, "train")
+    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, cfg.seed)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, generator=torch.Generator())
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def report_of(model: MultiTaskModel) -> SparsityReport:
+    counter = SparsityCounter(model.components())
+    return counter.report(counter.count(None))
+
+
+def prune(cfg: Config, opts: dict) -> dict:
+    method = opts["method"]
+    if method not in UNSTRUCTURED + STRUCTURED:
+        raise ConfigError(f"--method {method!r} is not known; choose one of: {', '.join(UNSTRUCTURED + STRUCTURED)}")
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    cfg, model, saved_masks = load_source(cfg, opts["load_checkpoint"], device)
+    check_run_dir(cfg)
+    info = dataset_info(cfg)
+    masks = MaskSet.from_weights(model)  # zeros already there (baked thresholds, earlier pruning) stay pruned
+    if saved_masks is not None:
+        masks.load_state_dict(saved_masks)
+    batches = score_batches(cfg, opts["num_batches"]) if method not in ("magnitude", "random") else []
+    class_weights = info.class_weights.to(device) if info.class_weights is not None else None
+    if method in STRUCTURED:
+        from .structured import prune_structured
+
+        extra = prune_structured(method, model, masks, opts["prune_ratio"], batches, info.tasks, device,
+                                 class_weights=class_weights)
+    else:
+        disparse_score = opts.get("disparse_score") or ("w2grad" if cfg.dataset == "taskonomy" else "magnitude")
+        keep = prune_oneshot(method, model, masks, opts["prune_ratio"], batches, info.tasks, device, seed=cfg.seed,
+                             backbone_sparsity=opts["backbone_sparsity"], class_weights=class_weights,
+                             disparse_score=disparse_score)
+        install(masks, keep)
+        extra = {}
+    report = report_of(model)
+    save_dir = Path(cfg.save_dir)
+    pruning = {"method": method, "prune_ratio": opts["prune_ratio"], "source": opts["load_checkpoint"],
+               "backbone_sparsity": opts["backbone_sparsity"], "num_batches": opts["num_batches"], **extra}
+    state = {"iter": 0, "state_dict": model.state_dict(), "config": cfg.to_dict(), "masks": masks.state_dict(),
+             "pruning": pruning, "version": CHECKPOINT_VERSION}
+    path = save_dir / checkpoint_name(info.tasks)
+    atomic_save(state, path)
+    summary = {"checkpoint": str(path), "pruning": pruning, "sparsity": report.as_dict()}
+    (save_dir / "masks.json").write_text(json.dumps(summary, indent=1))
+    return summary

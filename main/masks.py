@@ -1,0 +1,98 @@
+"""Hard pruning masks over the prunable weights, grouped by component (open_lth / DiSparse style).
+
+The prunable weights are exactly the ones AdapMTL thresholds (every ``SoftThresholdConv2d`` weight), so
+every method's sparsity is counted by the same ``SparsityCounter`` and compares one to one with AdapMTL.
+A ``MaskSet`` lives in ``main`` because the trainer enforces it (after every optimiser step) and
+checkpoints carry it; the pruning criteria and schedules that fill it live in ``SOTA_methods``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .sparse import sparse_convs
+
+
+@dataclass
+class PrunableWeight:
+    name: str  # "<component>.<layer>", as in sparsity reports
+    component: str
+    module: nn.Module
+    param: nn.Parameter
+
+
+def prunable_weights(model: nn.Module) -> list[PrunableWeight]:
+    """Every thresholdable conv weight of ``model.components()``, in model order."""
+    out = []
+    for comp, module in model.components():
+        for lname, conv in sparse_convs(module):
+            out.append(PrunableWeight(f"{comp}.{lname}", comp, conv, conv.weight))
+    return out
+
+
+class MaskSet:
+    """Name-keyed boolean masks (True = keep) for the prunable weights of a model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.weights = prunable_weights(model)
+        self.by_name = {w.name: w for w in self.weights}
+        self.masks: dict[str, Tensor] = {
+            w.name: torch.ones_like(w.param, dtype=torch.bool) for w in self.weights
+        }
+
+    def __iter__(self) -> Iterator[PrunableWeight]:
+        return iter(self.weights)
+
+    def components(self) -> list[str]:
+        return list(dict.fromkeys(w.component for w in self.weights))
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero every pruned weight in place (after each optimiser step, and once when masks change)."""
+        for w in self.weights:
+            w.param.mul_(self.masks[w.name].to(w.param.dtype))
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        """Zero the gradients of pruned weights, so Adam's moments never see them either."""
+        for w in self.weights:
+            if w.param.grad is not None:
+                w.param.grad.mul_(self.masks[w.name].to(w.param.grad.dtype))
+
+    def kept(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks.values()))
+
+    def total(self) -> int:
+        return sum(m.numel() for m in self.masks.values())
+
+    def sparsity(self) -> float:
+        return 1.0 - self.kept() / self.total()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {name: m.detach().cpu().clone() for name, m in self.masks.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        missing = set(self.masks) - set(state)
+        unknown = set(state) - set(self.masks)
+        if missing or unknown:
+            raise ValueError(f"mask names do not match the model (missing {sorted(missing)[:3]}, "
+                             f"unknown {sorted(unknown)[:3]})")
+        for name, m in state.items():
+            if m.shape != self.masks[name].shape:
+                raise ValueError(f"mask {name} has shape {tuple(m.shape)}, weight {tuple(self.masks[name].shape)}")
+            self.masks[name] = m.to(device=self.masks[name].device, dtype=torch.bool)
+
+    def to(self, device: torch.device) -> MaskSet:
+        self.masks = {n: m.to(device) for n, m in self.masks.items()}
+        return self
+
+    @classmethod
+    def from_weights(cls, model: nn.Module) -> MaskSet:
+        """Masks that keep exactly the currently non-zero weights (e.g. of a pruned checkpoint)."""
+        ms = cls(model)
+        ms.masks = {w.name: w.param.detach() != 0 for w in ms.weights}
+        return ms
