@@ -63,6 +63,15 @@ class MaskSet:
             if w.param.grad is not None:
                 w.param.grad.mul_(self.masks[w.name].to(w.param.grad.dtype))
 
+    @torch.no_grad()
+    def zero_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clear Adam/momentum state at pruned entries (call when masks change), so stale moments cannot move them."""
+        for w in self.weights:
+            state = optimizer.state.get(w.param, {})
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value.shape == w.param.shape:
+                    value.mul_(self.masks[w.name].to(value.dtype))
+
     def kept(self) -> int:
         return int(sum(int(m.sum()) for m in self.masks.values()))
 

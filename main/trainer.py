@@ -101,6 +101,9 @@ class Trainer:
         self.log = get_logger(str(self.save_dir), enabled=self.is_main)
         self.last_report: SparsityReport | None = None
         self.masks: MaskSet | None = None  # hard-pruning masks, enforced after every step when set
+        # Called as hook(trainer, iteration, batch) after every optimiser step (masks already enforced): the seam
+        # for schedules that change masks during training (DiSparse dynamic, CosPrune / Taylor windows, LTH k).
+        self.step_hooks: list = []
 
     def set_masks(self, masks: MaskSet | None) -> None:
         """Enforce ``masks`` from now on (pruned weights zeroed now and after every optimiser step)."""
@@ -227,6 +230,8 @@ class Trainer:
                     self.masks.apply()
                 self.scheduler.step()
                 self.iteration = it + 1
+                for hook in self.step_hooks:
+                    hook(self, self.iteration, batch)
                 loss_acc += losses.detach()
                 acc_steps += 1
                 bar.update(1)
