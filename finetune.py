@@ -7,7 +7,8 @@
 The run starts from the checkpoint's config; flags given here override it (a new optimiser and schedule start
 at iteration 0, as the reference ``finetune.py``).  Masks come from the checkpoint (or, for a checkpoint
 without masks, from its zero weights); they zero the gradients of pruned weights and re-zero the weights
-after every optimiser step.
+after every optimiser step.  Filters removed by structured pruning (taylor / cosprune) also keep their
+BatchNorm gamma and beta at zero (``ChannelMasks``), on a fresh start and on --resume alike.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from main.distributed import cleanup, init_distributed
 from main.errors import cli_main
 from main.masks import MaskSet
 from main.runner import build_trainer
+from SOTA_methods.structured import ChannelMasks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 masks = MaskSet.from_weights(trainer.model)
             trainer.set_masks(masks)
+        if trainer.masks is not None:  # structurally pruned filters: keep their BatchNorm gamma and beta at zero
+            ChannelMasks.from_checkpoint(trainer.model, state, trainer.masks).attach(trainer)
         trainer.train()
         if trainer.is_main:
             report = trainer.sparsity_report()

@@ -90,8 +90,11 @@ def prune(cfg: Config, opts: dict) -> dict:
     save_dir = Path(cfg.save_dir)
     pruning = {"method": method, "prune_ratio": opts["prune_ratio"], "source": opts["load_checkpoint"],
                "backbone_sparsity": opts["backbone_sparsity"], "num_batches": opts["num_batches"], **extra}
+    channel_masks = pruning.pop("channel_masks", None)  # structured: tensors, kept out of masks.json
     state = {"iter": 0, "state_dict": model.state_dict(), "config": cfg.to_dict(), "masks": masks.state_dict(),
              "pruning": pruning, "version": CHECKPOINT_VERSION}
+    if channel_masks is not None:
+        state["channel_masks"] = channel_masks
     path = save_dir / checkpoint_name(info.tasks)
     atomic_save(state, path)
     summary = {"checkpoint": str(path), "pruning": pruning, "sparsity": report.as_dict()}

@@ -68,7 +68,7 @@ class MaskSet:
         """Clear Adam/momentum state at pruned entries (call when masks change), so stale moments cannot move them."""
         for w in self.weights:
             state = optimizer.state.get(w.param, {})
-            for key, value in state.items():
+            for value in state.values():
                 if isinstance(value, Tensor) and value.shape == w.param.shape:
                     value.mul_(self.masks[w.name].to(value.dtype))
 

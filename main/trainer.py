@@ -100,6 +100,7 @@ class Trainer:
         self.show_progress = self.is_main and want_progress(cfg.progress)
         self.log = get_logger(str(self.save_dir), enabled=self.is_main)
         self.last_report: SparsityReport | None = None
+        self._val_loader: DataLoader | None = None
         self.masks: MaskSet | None = None  # hard-pruning masks, enforced after every step when set
         # Called as hook(trainer, iteration, batch) after every optimiser step (masks already enforced): the seam
         # for schedules that change masks during training (DiSparse dynamic, CosPrune / Taylor windows, LTH k).
@@ -172,11 +173,15 @@ class Trainer:
                           pin_memory=self.device.type == "cuda", generator=torch.Generator(),
                           persistent_workers=False)
 
-    def val_loader(self, dataset: Dataset | None = None) -> DataLoader:
-        # Own generator: creating the iterator must not consume the global RNG (exact resume).
-        return DataLoader(dataset if dataset is not None else self.val_set, batch_size=self.cfg.batch_size,
-                          shuffle=False, num_workers=self.cfg.num_workers, generator=torch.Generator(),
-                          pin_memory=self.device.type == "cuda")
+    def val_loader(self) -> DataLoader:
+        """Built once: with workers they persist between validations instead of restarting each time."""
+        if self._val_loader is None:
+            # Own generator: creating the iterator must not consume the global RNG (exact resume).
+            workers = self.cfg.num_workers
+            self._val_loader = DataLoader(self.val_set, batch_size=self.cfg.batch_size, shuffle=False,
+                                          num_workers=workers, generator=torch.Generator(),
+                                          pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+        return self._val_loader
 
     def _threshold_count_limit(self) -> float:
         # sparsity >= ratio  <=>  nonzero <= (1 - ratio) * total

@@ -1,0 +1,454 @@
+"""Structured (whole-filter) pruning of the shared backbone: Taylor (Molchanov et al. 2019) and CosPrune (S004).
+
+Unit.  A *filter* is one output channel of a backbone conv whose removal changes no tensor shape that anything
+else depends on; heads are never pruned (S004 prunes the shared backbone only).
+
+* Deeplab-ResNet34: the internal ``conv1`` of every BasicBlock (→ ``bn1`` → ReLU → read by ``conv2``).  Every other
+  backbone conv (stem, block ``conv2``, ``downsample``) feeds a residual add, so its channels are coupled across a
+  whole stage; restricting pruning to ``conv1`` is the simple faithful choice the spec allows (coupled groups are
+  not pruned).
+* MobileNetV2: the hidden channels of each inverted residual: pw-expand output = depthwise channels = pw-linear
+  input, never touched by a residual add.  In the ``t = 1`` first block the hidden channels are the stem's outputs;
+  they form a unit too when that block has no shortcut (full width), otherwise they are coupled and skipped.
+
+Masking.  Removing channel c of a unit sets, in the per-weight ``MaskSet``, the conv rows ``[c]`` of every conv on
+the chain (pw-expand and depthwise) and the consumer's input columns ``[:, c]`` to False, so the trainer enforces
+them and sparsity is counted by the same code as every other method; ``ChannelMasks`` additionally zeroes the
+γ **and** β of every BatchNorm on the chain (with β alone the channel would emit a constant).  The channel then
+outputs exactly 0 in train and eval mode (batch statistics are per channel), so the masked network computes what
+the physically smaller network of ``SOTA_methods.compact`` computes.
+
+Criteria (higher = keep; the lowest are pruned, one global ranking over all units).
+
+* Taylor: I = (Σ_s w_s·g_s)² per unit, g the gradient of the TOTAL loss (sum of task losses), averaged over the
+  batches (``form="abs"``: |Σ_s w_s·g_s|, S004 eq. 5 up to sign).  ``source="gate"`` (default) takes S = {γ_c, β_c}
+  of the unit's last BatchNorm, which is Molchanov's "gate after BN" (``(γ·∂L/∂γ + β·∂L/∂β)²`` = first-order loss
+  change of zeroing the channel, the variant NVIDIA found best).  ``source="weight"`` takes S = the conv filter
+  rows (S004 eq. 5 literally); but a conv followed by a batch-statistics BN is scale invariant, so Σ w·g of its
+  filter is 0 up to the BN epsilon, and that ranking is mostly noise on these backbones.
+* CosPrune (S004 Algorithm 1): per unit and task, the gradient of that task's loss w.r.t. the unit's conv filter
+  rows (concatenated over the chain for MobileNetV2), normalised; C = Σ_{i<j} cos(g_i, g_j) (0 where a norm is 0).
+  S004 writes Σ over T×T, which adds the constant T and counts each pair twice: the same ranking.  Scores are
+  summed over the batches (AC += C); low = the tasks conflict on that filter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from main.config import ConfigError
+from main.masks import MaskSet
+from main.models import BACKBONE, MultiTaskModel
+from main.models.mobilenetv2 import InvertedResidual, MobileNetV2
+from main.models.resnet import BasicBlock, DeeplabResNet34
+from main.tasks import task_loss
+from main.validation import to_device
+
+METHODS = ("taylor", "cosprune")
+RATIO_MEANING = ("fraction of the prunable backbone filters (the units listed in per_layer) removed in total, "
+                 "counting filters an earlier step already removed")
+FLOPS_UNIT = ("FLOPs of one forward pass at input_shape, as torch.utils.flop_counter counts them: 2 x multiply-"
+              "accumulates of every convolution / matmul; BatchNorm, activations, pooling and the soft threshold "
+              "are not counted")
+
+
+@dataclass(frozen=True)
+class FilterUnit:
+    """One layer of prunable filters; channel c of it is one unit.
+
+    ``name`` is the producing conv's model path, which is also its ``MaskSet`` name ("backbone.<layer>").
+    ``convs`` are the convs whose OUTPUT channel c is the unit (the producer, then depthwise convs), ``bns`` the
+    BatchNorms on that chain, ``consumer`` the conv that reads channel c (its input columns).
+    """
+
+    name: str
+    convs: tuple[str, ...]
+    bns: tuple[str, ...]
+    consumer: str
+    channels: int
+
+
+def _is_conv_bn_act(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Sequential) and len(m) == 3 and isinstance(m[0], nn.Conv2d)
+            and isinstance(m[1], nn.BatchNorm2d))
+
+
+def filter_units(model: MultiTaskModel) -> list[FilterUnit]:
+    """The prunable filter layers of ``model``'s backbone, in model order (see the module docstring)."""
+    backbone = model.backbone
+    units: list[FilterUnit] = []
+    if isinstance(backbone, DeeplabResNet34):
+        for path, block in backbone.named_modules():
+            if isinstance(block, BasicBlock):
+                p = f"{BACKBONE}.{path}"
+                units.append(FilterUnit(f"{p}.conv1", (f"{p}.conv1",), (f"{p}.bn1",), f"{p}.conv2",
+                                        block.conv1.out_channels))
+    elif isinstance(backbone, MobileNetV2):
+        feats = backbone.features
+        for i, block in enumerate(feats):
+            if not isinstance(block, InvertedResidual):
+                continue
+            p = f"{BACKBONE}.features.{i}.conv"
+            if len(block.conv) == 8:  # pw expand (0, 1, 2) → dw (3, 4, 5) → pw-linear (6, 7)
+                units.append(FilterUnit(f"{p}.0", (f"{p}.0", f"{p}.3"), (f"{p}.1", f"{p}.4"), f"{p}.6",
+                                        block.conv[0].out_channels))
+            elif i > 0 and not block.use_residual and _is_conv_bn_act(feats[i - 1]):
+                # t = 1: dw (0, 1, 2) → pw-linear (3, 4); its input channels are the previous conv's outputs,
+                # which feed nothing else when the block has no shortcut.
+                q = f"{BACKBONE}.features.{i - 1}"
+                units.append(FilterUnit(f"{q}.0", (f"{q}.0", f"{p}.0"), (f"{q}.1", f"{p}.1"), f"{p}.3",
+                                        feats[i - 1][0].out_channels))
+    else:
+        raise ValueError(f"structured pruning knows DeeplabResNet34 and MobileNetV2 backbones, "
+                         f"not {type(backbone).__name__}")
+    return units
+
+
+class ChannelMasks:
+    """Which filters of each unit layer are kept (True), bound to one model.
+
+    ``install`` writes the removed filters into a ``MaskSet`` (conv rows and consumer columns) and zeroes the
+    BatchNorm γ and β; the instance is also a ``Trainer`` step hook (``hook(trainer, iteration, batch)``) that
+    re-zeroes γ and β after every optimiser step, since the ``MaskSet`` only covers conv weights.
+    """
+
+    def __init__(self, model: MultiTaskModel) -> None:
+        self.units = filter_units(model)
+        self.by_name = {u.name: u for u in self.units}
+        self.modules = {name: m for name, m in model.named_modules()}
+        self.keep: dict[str, Tensor] = {u.name: torch.ones(u.channels, dtype=torch.bool) for u in self.units}
+
+    # ------------------------------------------------------------------ counts
+    def total(self) -> int:
+        return sum(u.channels for u in self.units)
+
+    def kept(self) -> int:
+        return int(sum(int(k.sum()) for k in self.keep.values()))
+
+    def pruned(self) -> int:
+        return self.total() - self.kept()
+
+    def per_layer(self) -> dict[str, dict[str, int]]:
+        return {n: {"kept": int(k.sum()), "total": k.numel()} for n, k in self.keep.items()}
+
+    # ------------------------------------------------------------------ changing and enforcing
+    def remove(self, chosen: Mapping[str, Tensor]) -> None:
+        """Mark the channel indices ``chosen[name]`` of each unit layer as pruned."""
+        for name, idx in chosen.items():
+            keep = self.keep[name].clone()
+            keep[idx.to(keep.device)] = False
+            self.keep[name] = keep
+
+    def write_into(self, masks: MaskSet) -> None:
+        """Removed filters become False rows (chain convs) and False input columns (consumer) of ``masks``."""
+        for u in self.units:
+            gone = ~self.keep[u.name].to(masks.masks[u.consumer].device)
+            if not bool(gone.any()):
+                continue
+            for conv in u.convs:
+                masks.masks[conv] = masks.masks[conv].clone()
+                masks.masks[conv][gone] = False
+            masks.masks[u.consumer] = masks.masks[u.consumer].clone()
+            masks.masks[u.consumer][:, gone] = False
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero γ and β of every BatchNorm on a removed filter's chain."""
+        for u in self.units:
+            for bn in u.bns:
+                m = self.modules[bn]
+                keep = self.keep[u.name].to(m.weight.device, m.weight.dtype)
+                m.weight.mul_(keep)
+                m.bias.mul_(keep)
+
+    def install(self, masks: MaskSet) -> None:
+        """Make the current keep-vectors effective: ``masks`` updated, pruned weights and BN parameters zeroed."""
+        self.write_into(masks)
+        masks.apply()
+        self.apply()
+
+    @torch.no_grad()
+    def zero_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clear Adam / momentum state of the zeroed BN parameters (the MaskSet does the same for conv weights)."""
+        for u in self.units:
+            for bn in u.bns:
+                m = self.modules[bn]
+                for p in (m.weight, m.bias):
+                    for value in optimizer.state.get(p, {}).values():
+                        if isinstance(value, Tensor) and value.shape == p.shape:
+                            value.mul_(self.keep[u.name].to(value.device, value.dtype))
+
+    def __call__(self, trainer, iteration: int, batch: Mapping[str, Tensor]) -> None:
+        self.apply()
+
+    def attach(self, trainer) -> ChannelMasks:
+        """Enforce these masks in ``trainer`` from now on (no-op when nothing is pruned); returns self."""
+        if self.pruned() == 0:
+            return self
+        self.to(trainer.device)
+        if trainer.masks is None:
+            trainer.set_masks(MaskSet(trainer.model))
+        self.install(trainer.masks)
+        trainer.masks.zero_optimizer_state(trainer.optimizer)
+        self.zero_optimizer_state(trainer.optimizer)
+        trainer.step_hooks.append(self)
+        return self
+
+    def to(self, device: torch.device | str) -> ChannelMasks:
+        self.keep = {n: k.to(device) for n, k in self.keep.items()}
+        return self
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Tensor]:
+        return {n: k.detach().cpu().clone() for n, k in self.keep.items()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        if set(state) != set(self.keep):
+            raise ValueError(f"channel mask names do not match the model's filter layers "
+                             f"(missing {sorted(set(self.keep) - set(state))[:3]}, "
+                             f"unknown {sorted(set(state) - set(self.keep))[:3]})")
+        for n, k in state.items():
+            if k.shape != self.keep[n].shape:
+                raise ValueError(f"channel mask {n} has {k.numel()} entries, the layer {self.keep[n].numel()}")
+            self.keep[n] = k.to(device=self.keep[n].device, dtype=torch.bool)
+
+    @classmethod
+    def from_model(cls, model: MultiTaskModel, masks: MaskSet) -> ChannelMasks:
+        """Recover removed filters from a masked model: every chain row masked off and every chain γ, β zero.
+
+        Trainer checkpoints (fine-tuning, the training schedule) carry the ``MaskSet`` and the zeroed BN
+        parameters but no channel masks, so this is how a later step finds the structure again.  Both
+        conditions are required: an all-zero row of an unstructured mask alone does not make a channel emit 0.
+        """
+        cm = cls(model)
+        for u in cm.units:
+            gone = torch.ones(u.channels, dtype=torch.bool)
+            for conv in u.convs:
+                gone &= ~masks.masks[conv].flatten(1).any(1).cpu()
+            for bn in u.bns:
+                m = cm.modules[bn]
+                gone &= ((m.weight.detach() == 0) & (m.bias.detach() == 0)).cpu()
+            cm.keep[u.name] = ~gone
+        return cm
+
+    @classmethod
+    def from_checkpoint(cls, model: MultiTaskModel, state: Mapping | None, masks: MaskSet) -> ChannelMasks:
+        """The checkpoint's ``channel_masks`` entry (written by pruning.py), else ``from_model``."""
+        if state is not None and state.get("channel_masks") is not None:
+            cm = cls(model)
+            cm.load_state_dict(state["channel_masks"])
+            return cm
+        return cls.from_model(model, masks)
+
+
+# ------------------------------------------------------------------------------------------------ scores
+def _scored_params(channels: ChannelMasks, unit: FilterUnit, method: str, source: str) -> list[nn.Parameter]:
+    if method == "taylor" and source == "gate":
+        bn = channels.modules[unit.bns[-1]]
+        return [bn.weight, bn.bias]
+    return [channels.modules[c].weight for c in unit.convs]
+
+
+def _per_channel(tensors: Sequence[Tensor]) -> Tensor:
+    """[C, D] view: each tensor's leading dim is the channel, the rest is flattened and concatenated."""
+    return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)
+
+
+def batch_scores(model: MultiTaskModel, channels: ChannelMasks, batch: Mapping[str, Tensor],
+                 tasks: Sequence[str], method: str, *, form: str = "sq", source: str = "gate",
+                 class_weights: Tensor | None = None,
+                 loss_weights: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+    """One batch's per-filter criterion, ``{unit layer: [C] tensor}`` (higher = keep); ``.grad`` untouched.
+
+    One forward in the model's current mode, then one backward of the total loss (Taylor) or T backward passes
+    through ``autograd.grad`` (CosPrune).  ``loss_weights`` scales task losses (default 1 each; CosPrune is
+    invariant to it by construction, which the tests check).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown structured method {method!r}; choose one of {', '.join(METHODS)}")
+    if form not in ("sq", "abs"):
+        raise ValueError(f"Taylor form must be sq or abs, got {form!r}")
+    if source not in ("gate", "weight"):
+        raise ValueError(f"Taylor source must be gate or weight, got {source!r}")
+    if method == "cosprune" and len(tasks) < 2:
+        raise ValueError("CosPrune compares task gradients and needs at least two tasks")
+    device = next(model.parameters()).device
+    batch = to_device(batch, device)
+    preds = model(batch["input"])
+    weights = loss_weights or {}
+    losses = [task_loss(t, preds[t], batch, class_weights) * float(weights.get(t, 1.0)) for t in tasks]
+    groups = [_scored_params(channels, u, method, source) for u in channels.units]
+    flat = [p for g in groups for p in g]
+
+    def split(grads: Sequence[Tensor | None]) -> list[list[Tensor]]:
+        out, i = [], 0
+        for g in groups:
+            out.append([gr if gr is not None else torch.zeros_like(p) for p, gr in zip(g, grads[i:i + len(g)])])
+            i += len(g)
+        return out
+
+    scores: dict[str, Tensor] = {}
+    if method == "taylor":
+        grads = split(torch.autograd.grad(sum(losses), flat, allow_unused=True))
+        for u, params, gs in zip(channels.units, groups, grads):
+            s = _per_channel([p.detach() * g for p, g in zip(params, gs)]).sum(1)
+            scores[u.name] = s.pow(2) if form == "sq" else s.abs()
+        return scores
+    per_task = [split(torch.autograd.grad(loss, flat, retain_graph=i < len(losses) - 1, allow_unused=True))
+                for i, loss in enumerate(losses)]
+    for k, u in enumerate(channels.units):
+        unit_dirs = []
+        for t in range(len(losses)):
+            g = _per_channel(per_task[t][k]).float()
+            norm = g.norm(dim=1, keepdim=True)
+            unit_dirs.append(torch.where(norm > 0, g / norm.clamp_min(torch.finfo(g.dtype).tiny), 0.0))
+        c = torch.zeros(u.channels, device=device)
+        for i in range(len(unit_dirs)):
+            for j in range(i + 1, len(unit_dirs)):
+                c += (unit_dirs[i] * unit_dirs[j]).sum(1)
+        scores[u.name] = c
+    return scores
+
+
+class ScoreAccumulator:
+    """Running sum (CosPrune's AC) or mean (Taylor, as NVIDIA's code) of per-batch scores; ranking-equivalent."""
+
+    def __init__(self, reduce: str = "sum") -> None:
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce must be sum or mean, got {reduce!r}")
+        self.reduce = reduce
+        self.total: dict[str, Tensor] = {}
+        self.count = 0
+
+    def add(self, scores: Mapping[str, Tensor]) -> None:
+        for n, s in scores.items():
+            s = s.detach().double()
+            self.total[n] = self.total[n] + s if n in self.total else s.clone()
+        self.count += 1
+
+    def value(self) -> dict[str, Tensor]:
+        if self.reduce == "sum" or self.count == 0:
+            return dict(self.total)
+        return {n: s / self.count for n, s in self.total.items()}
+
+    def reset(self) -> None:
+        self.total, self.count = {}, 0
+
+
+def reduce_of(method: str) -> str:
+    return "mean" if method == "taylor" else "sum"
+
+
+def accumulate_scores(model: MultiTaskModel, channels: ChannelMasks, batches: Iterable[Mapping[str, Tensor]],
+                      tasks: Sequence[str], method: str, **kwargs) -> dict[str, Tensor]:
+    """``batch_scores`` accumulated over ``batches`` with the model in train mode (BN batch statistics, as in
+    training), restored afterwards."""
+    acc = ScoreAccumulator(reduce_of(method))
+    was_training = model.training
+    model.train()
+    try:
+        for batch in batches:
+            acc.add(batch_scores(model, channels, batch, tasks, method, **kwargs))
+    finally:
+        model.train(was_training)
+    if acc.count == 0:
+        raise ValueError(f"{method} needs at least one batch to score filters (--num_batches)")
+    return acc.value()
+
+
+def removable(channels: ChannelMasks, min_keep: int = 1) -> int:
+    """How many more filters can go while every unit layer keeps ``min_keep`` (a zero-width conv is not a net)."""
+    return sum(max(0, int(k.sum()) - min_keep) for k in channels.keep.values())
+
+
+def select_lowest(scores: Mapping[str, Tensor], channels: ChannelMasks, n: int,
+                  min_keep: int = 1) -> dict[str, Tensor]:
+    """The ``n`` lowest-scoring live filters over all unit layers (one global ranking, ties by order), never
+    leaving a layer with fewer than ``min_keep``; returns ``{layer: channel indices}``."""
+    names, chans, vals = [], [], []
+    for u in channels.units:
+        alive = channels.keep[u.name].nonzero().flatten().cpu()
+        s = scores[u.name].detach().double().cpu()[alive]
+        names += [u.name] * alive.numel()
+        chans.append(alive)
+        vals.append(torch.nan_to_num(s, nan=math.inf))
+    if n <= 0 or not names:
+        return {}
+    chan, val = torch.cat(chans), torch.cat(vals)
+    order = torch.argsort(val, stable=True).tolist()
+    left = {u.name: int(channels.keep[u.name].sum()) for u in channels.units}
+    chosen: dict[str, list[int]] = {}
+    for i in order:
+        if n == 0:
+            break
+        name = names[i]
+        if left[name] > min_keep:
+            chosen.setdefault(name, []).append(int(chan[i]))
+            left[name] -= 1
+            n -= 1
+    return {name: torch.tensor(sorted(idx), dtype=torch.long) for name, idx in chosen.items()}
+
+
+def cost(model: MultiTaskModel, channels: ChannelMasks, input_shape: Sequence[int]) -> dict[str, int]:
+    """Parameters (all, and backbone) and FLOPs of the physically compacted network."""
+    from .compact import compact_model, count_flops, count_params
+
+    small = compact_model(model, channels)
+    return {"params": count_params(small), "backbone_params": count_params(small.backbone),
+            "flops": count_flops(small, input_shape)}
+
+
+def prune_structured(method: str, model: MultiTaskModel, masks: MaskSet, ratio: float,
+                     batches: Sequence[Mapping[str, Tensor]], tasks: Sequence[str], device: torch.device,
+                     class_weights: Tensor | None = None, *, form: str = "sq", source: str = "gate",
+                     loss_weights: Mapping[str, float] | None = None) -> dict:
+    """One-shot: score every backbone filter on ``batches`` and remove the lowest so that ``ratio`` of them are gone.
+
+    ``masks`` is updated in place and the removed filters' conv rows, consumer columns and BN γ, β are zeroed in
+    ``model``.  Returns ``{"structured": report (plain types), "channel_masks": {layer: bool tensor}}``; the
+    report says what ``ratio`` means, the filters removed per layer and params / FLOPs before and after.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown structured method {method!r}; choose one of {', '.join(METHODS)}")
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"ratio must be a fraction of the backbone filters in [0, 1), got {ratio}")
+    if not batches:
+        raise ConfigError(f"{method} needs at least one batch to score filters (--num_batches)")
+    model.to(device)
+    channels = ChannelMasks.from_model(model, masks)  # filters an earlier structured step removed stay removed
+    already = channels.pruned()
+    target = round(ratio * channels.total())
+    n = max(0, target - already)
+    if n > removable(channels):
+        raise ConfigError(f"ratio {ratio} asks for {target} of {channels.total()} backbone filters; at most "
+                         f"{already + removable(channels)} can go while every layer keeps one filter")
+    input_shape = [1, *batches[0]["input"].shape[1:]]
+    before = cost(model, channels, input_shape)
+    scores = accumulate_scores(model, channels, batches, tasks, method, form=form, source=source,
+                               class_weights=class_weights, loss_weights=loss_weights)
+    channels.remove(select_lowest(scores, channels, n))
+    channels.install(masks)
+    after = cost(model, channels, input_shape)
+    report = {
+        "criterion": describe(method, form, source),
+        "ratio": ratio, "ratio_meaning": RATIO_MEANING,
+        "filters_total": channels.total(), "filters_removed": channels.pruned(), "filters_removed_now": n,
+        "per_layer": channels.per_layer(),
+        "params_before": before["params"], "params_after": after["params"],
+        "backbone_params_before": before["backbone_params"], "backbone_params_after": after["backbone_params"],
+        "flops_before": before["flops"], "flops_after": after["flops"], "flops_unit": FLOPS_UNIT,
+        "input_shape": input_shape, "num_batches": len(batches),
+    }
+    return {"structured": report, "channel_masks": channels.state_dict()}
+
+
+def describe(method: str, form: str = "sq", source: str = "gate") -> str:
+    if method == "cosprune":
+        return "cosprune: sum over batches of sum_{i<j} cos(g_i, g_j) of per-task conv-filter gradients"
+    what = "BN gate (gamma*dL/dgamma + beta*dL/dbeta)" if source == "gate" else "conv filter sum(w*g)"
+    return f"taylor: mean over batches of {'squared' if form == 'sq' else 'absolute'} {what}, total loss"

@@ -1,0 +1,232 @@
+"""Iterative structured pruning during training (S004's protocol): accumulate, prune the lowest, rewind, repeat.
+
+    python -m SOTA_methods.structured_train --method cosprune --load_checkpoint DENSE.model --target 0.5 \\
+        --window 2000 --per_step 100 --save_dir outputs/cosprune50 [--iters 40000 --lr 1e-5 ...]
+
+Starts from a checkpoint like ``finetune.py`` (its config; any training flag given here overrides it; dense
+training with the masks enforced).  After every optimiser step the hook scores the backbone filters on the step's
+batch (Taylor or CosPrune, see ``SOTA_methods.structured``) and accumulates; every ``--window`` iterations it
+removes the ``--per_step`` lowest-scoring filters (global ranking), resets the accumulators and, unless
+``--no-rewind_lr``, rewinds the learning rate and scheduler to their initial state.  It stops pruning once
+``--target`` of the prunable backbone filters are gone and fine-tunes for the remaining ``--iters``.  S004 used
+10-epoch windows and 100 filters per step: set ``--window`` to 10 × (training images / batch size).
+
+Writes the usual trainer checkpoints (the structure is recovered from their masks and zeroed BatchNorms by
+``ChannelMasks.from_model``) and ``structured.json`` (one record per pruning step: iteration, filters removed,
+params and FLOPs of the compacted network).  ``--save_each_step`` also keeps ``step<k>_<tasks>.model`` after each
+pruning step (S004 evaluates every step).  Scoring costs one extra forward and 1 (Taylor) or T (CosPrune)
+backward passes per iteration, run with the training RNG and BatchNorm running statistics left untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from main.checkpoint import atomic_save, load_checkpoint
+from main.config import Config, ConfigError
+from main.distributed import all_reduce_mean, cleanup, init_distributed
+from main.errors import cli_main
+from main.masks import MaskSet
+from main.runner import build_trainer
+from main.trainer import checkpoint_name
+
+from .structured import (
+    METHODS,
+    RATIO_MEANING,
+    ChannelMasks,
+    ScoreAccumulator,
+    batch_scores,
+    cost,
+    describe,
+    reduce_of,
+    removable,
+    select_lowest,
+)
+
+
+def rewind_lr(trainer) -> None:
+    """Learning rate back to its initial value and a fresh StepLR (S004 rewinds LR and scheduler each step)."""
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = group["initial_lr"]
+    trainer.scheduler = torch.optim.lr_scheduler.StepLR(trainer.optimizer, trainer.cfg.decay_lr_freq,
+                                                        trainer.cfg.decay_lr_rate)
+
+
+class StructuredPruningSchedule:
+    """Trainer step hook implementing the accumulate-window schedule on a ``ChannelMasks``.
+
+    ``target`` is the fraction of the prunable backbone filters to have removed when the schedule stops;
+    every ``window`` iterations ``per_step`` more go (fewer on the last step, so the target is hit exactly).
+    """
+
+    def __init__(self, method: str, channels: ChannelMasks, tasks: Sequence[str], *, target: float, window: int,
+                 per_step: int, rewind: bool = True, form: str = "sq", source: str = "gate",
+                 class_weights: Tensor | None = None, on_prune=None) -> None:
+        if method not in METHODS:
+            raise ConfigError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
+        if not 0.0 < target < 1.0:
+            raise ConfigError(f"--target must be a fraction of the backbone filters in (0, 1), got {target}")
+        if window <= 0 or per_step <= 0:
+            raise ConfigError(f"--window and --per_step must be positive, got {window} and {per_step}")
+        if method == "cosprune" and len(tasks) < 2:
+            raise ConfigError("CosPrune compares task gradients and needs at least two tasks")
+        self.method, self.channels, self.tasks = method, channels, tuple(tasks)
+        self.window, self.per_step, self.rewind = window, per_step, rewind
+        self.target_count = round(target * channels.total())
+        cap = channels.pruned() + removable(channels)
+        if self.target_count > cap:
+            raise ConfigError(f"--target {target} asks for {self.target_count} of {channels.total()} backbone filters; "
+                              f"at most {cap} can go while every layer keeps one filter")
+        self.kwargs = {"form": form, "source": source, "class_weights": class_weights}
+        self.acc = ScoreAccumulator(reduce_of(method))
+        self.history: list[dict] = []
+        self.on_prune = on_prune
+
+    @property
+    def done(self) -> bool:
+        return self.channels.pruned() >= self.target_count
+
+    def _score(self, trainer, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        model = trainer.model
+        buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        devices = [trainer.device] if trainer.device.type == "cuda" else []
+        was_training = model.training
+        model.train()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                return batch_scores(model, self.channels, batch, self.tasks, self.method, **self.kwargs)
+        finally:
+            model.train(was_training)
+            with torch.no_grad():
+                for n, b in model.named_buffers():
+                    b.copy_(buffers[n])
+
+    def __call__(self, trainer, iteration: int, batch: Mapping[str, Tensor]) -> None:
+        if self.done:
+            return
+        self.acc.add(self._score(trainer, batch))
+        if iteration % self.window == 0:
+            self.prune_step(trainer, iteration, list(batch["input"].shape[1:]))
+
+    def prune_step(self, trainer, iteration: int, input_chw: list[int]) -> dict:
+        scores = self.acc.value()
+        if trainer.dist.enabled:  # every rank saw other batches: rank on the mean so the masks stay identical
+            names = list(scores)
+            flat = all_reduce_mean(torch.cat([scores[n].to(trainer.device) for n in names]), trainer.dist)
+            scores = dict(zip(names, torch.split(flat, [scores[n].numel() for n in names])))
+        n = min(self.per_step, self.target_count - self.channels.pruned(), removable(self.channels))
+        self.channels.remove(select_lowest(scores, self.channels, n))
+        self.channels.install(trainer.masks)
+        trainer.masks.zero_optimizer_state(trainer.optimizer)
+        self.channels.zero_optimizer_state(trainer.optimizer)
+        self.acc.reset()
+        if self.rewind:
+            rewind_lr(trainer)
+        c = cost(trainer.model, self.channels, [1, *input_chw])
+        record = {"iter": iteration, "removed_now": n, "filters_removed": self.channels.pruned(),
+                  "filters_total": self.channels.total(),
+                  "fraction_removed": self.channels.pruned() / self.channels.total(), **c,
+                  "per_layer": self.channels.per_layer()}
+        self.history.append(record)
+        if self.on_prune is not None:
+            self.on_prune(trainer, record)
+        return record
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Structured pruning during training (Taylor / CosPrune, S004 schedule). Every finetune.py "
+                    "flag (--iters, --lr, --save_dir, --batch_size ...) is accepted too and overrides the "
+                    "checkpoint's config.", allow_abbrev=False)
+    p.add_argument("--method", default="cosprune", help="cosprune | taylor (default: cosprune)")
+    p.add_argument("--target", type=float, required=True,
+                   help="stop once this fraction of the prunable backbone filters is removed")
+    p.add_argument("--window", type=int, required=True, help="iterations of score accumulation per pruning step")
+    p.add_argument("--per_step", type=int, required=True, help="filters removed per pruning step (S004: 100)")
+    p.add_argument("--rewind_lr", action=argparse.BooleanOptionalAction, default=True,
+                   help="rewind LR and scheduler after each pruning step (default: on, as S004)")
+    p.add_argument("--taylor_form", default="sq", choices=("sq", "abs"),
+                   help="Taylor: (sum w*g)^2 (Molchanov, default) or |sum w*g| (S004 eq. 5)")
+    p.add_argument("--taylor_source", default="gate", choices=("gate", "weight"),
+                   help="Taylor: BN gate (gamma, beta; default) or the conv filter weights")
+    p.add_argument("--save_each_step", action="store_true", help="also keep a checkpoint after every pruning step")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from args import parse_finetune_args
+
+    ours, rest = build_parser().parse_known_args(argv)
+    if ours.method not in METHODS:
+        raise ConfigError(f"--method {ours.method!r} is not known; choose one of {', '.join(METHODS)}")
+    if not 0.0 < ours.target < 1.0:
+        raise ConfigError(f"--target must be a fraction of the backbone filters in (0, 1), got {ours.target}")
+    if ours.window <= 0 or ours.per_step <= 0:
+        raise ConfigError(f"--window and --per_step must be positive, got {ours.window} and {ours.per_step}")
+    cfg, ckpt = parse_finetune_args(rest)
+    if cfg.resume:
+        raise ConfigError("structured_train cannot --resume (the score accumulators are not checkpointed); "
+                          "continue with finetune.py --load_checkpoint on its last checkpoint instead")
+    explicit = getattr(cfg, "explicit", set())
+    dist_info, device = init_distributed(cfg.device)
+    try:
+        state = load_checkpoint(ckpt)
+        base = Config.from_dict(state["config"], source=ckpt)
+        for key in explicit:
+            setattr(base, key, getattr(cfg, key))
+        base.dense, base.reload, base.resume = True, ckpt, False
+        cfg = base.validate()
+        trainer = build_trainer(cfg, explicit, dist_info, device)
+        masks = MaskSet(trainer.model)
+        if state.get("masks") is not None:
+            masks.load_state_dict(state["masks"])
+        else:
+            masks = MaskSet.from_weights(trainer.model)
+        trainer.set_masks(masks)
+        channels = ChannelMasks.from_checkpoint(trainer.model, state, trainer.masks).to(trainer.device)
+        channels.attach(trainer)
+        if channels not in trainer.step_hooks:  # nothing pruned yet: still enforce once pruning starts
+            trainer.step_hooks.append(channels)
+        save_dir = Path(cfg.save_dir)
+
+        def on_prune(tr, record: dict) -> None:
+            if tr.is_main:
+                tr.log.info(f"[Iter {record['iter']}] pruned {record['removed_now']} filters: "
+                            f"{record['filters_removed']}/{record['filters_total']} removed, "
+                            f"{record['params']:,} params, {record['flops'] / 1e9:.3f} GFLOPs")
+                if ours.save_each_step:
+                    k = len(schedule.history)
+                    atomic_save(tr.state_dict(), save_dir / f"step{k:03d}_{checkpoint_name(tr.tasks)}")
+                write_report()
+
+        schedule = StructuredPruningSchedule(
+            ours.method, channels, trainer.tasks, target=ours.target, window=ours.window, per_step=ours.per_step,
+            rewind=ours.rewind_lr, form=ours.taylor_form, source=ours.taylor_source,
+            class_weights=trainer.class_weights, on_prune=on_prune)
+
+        def write_report() -> None:
+            report = {"method": ours.method, "criterion": describe(ours.method, ours.taylor_form, ours.taylor_source),
+                      "source": ckpt, "target": ours.target, "target_meaning": RATIO_MEANING,
+                      "target_filters": schedule.target_count, "window": ours.window, "per_step": ours.per_step,
+                      "rewind_lr": ours.rewind_lr, "steps": schedule.history}
+            (save_dir / "structured.json").write_text(json.dumps(report, indent=1))
+
+        trainer.step_hooks.append(schedule)
+        trainer.train()
+        if trainer.is_main:
+            write_report()
+            trainer.log.info(f"done: {trainer.iteration} iterations, {channels.pruned()}/{channels.total()} backbone "
+                             f"filters removed ({len(schedule.history)} pruning steps), checkpoint {save_dir}")
+    finally:
+        cleanup(dist_info)
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)
