@@ -56,7 +56,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
     """Flags -> validated ``Config``; ``cfg.explicit`` holds the names given on the command line."""
-    return _config_from(vars(build_parser().parse_args(argv)))
+    return config_from_namespace(vars(build_parser().parse_args(argv)))
 
 
 def build_test_parser() -> argparse.ArgumentParser:
@@ -121,10 +121,11 @@ def parse_prune_args(argv: Sequence[str] | None = None) -> tuple[Config, dict]:
     opts["num_batches"] = opts["num_batches"] or 10
     if opts["num_batches"] <= 0:
         raise ConfigError("--num_batches must be a positive integer")
-    return _config_from(ns), opts
+    return config_from_namespace(ns), opts
 
 
-def _config_from(ns: dict) -> Config:
+def config_from_namespace(ns: dict) -> Config:
+    """Parsed flags (only those given) over the defaults and an optional --config YAML, validated."""
     cfg = Config()
     config_file = ns.pop("config", None)
     if config_file:
@@ -147,4 +148,4 @@ def parse_finetune_args(argv: Sequence[str] | None = None) -> tuple[Config, str 
     ckpt = ns.pop("load_checkpoint", None)
     if ckpt is None and not ns.get("resume"):
         raise ConfigError("--load_checkpoint PRUNED.model is required (or --resume to continue a fine-tuning run)")
-    return _config_from(ns), ckpt
+    return config_from_namespace(ns), ckpt

@@ -26,13 +26,15 @@ Scores = dict[str, Tensor]
 def task_gradients(model: MultiTaskModel, masks: MaskSet, batches: Iterable[Mapping[str, Tensor]],
                    tasks: Sequence[str], device: torch.device, *, per_task: bool,
                    class_weights: Tensor | None = None,
-                   statistic: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, Scores]:
+                   statistic: Callable[[Tensor, Tensor], Tensor] | None = None,
+                   weights: Mapping[str, float] | None = None) -> dict[str, Scores]:
     """Accumulate ``statistic(weight, grad)`` (default: the raw gradient) over ``batches``.
 
     ``per_task=True`` gives one entry per task, each from that task's unweighted loss alone (one forward and T
     backward passes per batch, through ``autograd.grad``); ``per_task=False`` one entry ``"total"`` from the sum
-    of the task losses.  Gradients are taken at the masked point (pruned weights are zero).  The model is put in
-    train mode (BatchNorm batch statistics, as during training) and its parameters' ``.grad`` are untouched.
+    of the task losses (of ``Σ weights[t]·L_t`` when ``weights`` is given: the λ-weighted total).  Gradients
+    are taken at the masked point (pruned weights are zero).  The model is put in train mode (BatchNorm batch
+    statistics, as during training) and its parameters' ``.grad`` are untouched.
     """
     statistic = statistic or (lambda w, g: g)
     params = [w.param for w in masks]
@@ -45,7 +47,10 @@ def task_gradients(model: MultiTaskModel, masks: MaskSet, batches: Iterable[Mapp
             batch = to_device(batch, device)
             preds = model(batch["input"])
             losses = {t: task_loss(t, preds[t], batch, class_weights) for t in tasks}
-            targets = [(t, losses[t]) for t in tasks] if per_task else [("total", sum(losses.values()))]
+            if per_task:
+                targets = [(t, losses[t]) for t in tasks]
+            else:
+                targets = [("total", sum(losses[t] * (weights[t] if weights else 1.0) for t in tasks))]
             for i, (key, loss) in enumerate(targets):
                 grads = torch.autograd.grad(loss, params, retain_graph=i < len(targets) - 1, allow_unused=True)
                 for w, g in zip(masks, grads):

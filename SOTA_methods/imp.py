@@ -1,0 +1,102 @@
+"""IMP, iterative magnitude pruning (Han et al., 2015), as the MTL baselines run it: global |w| ranking.
+
+    python -m SOTA_methods.imp --load_checkpoint DENSE/segment_semantic_normal_depth_zbuffer.model \\
+        --target 0.9 --finetune_iters 2000 --iters 20000 --save_dir outputs/imp90
+    python -m SOTA_methods.imp --load_checkpoint DENSE.model --target 0.9 --one_shot --iters 20000 ...
+    python -m SOTA_methods.imp ... --scope component     # every component (backbone, each head) to the same sparsity
+
+Round r removes ``--per_round`` (default 20 %) of the weights still alive, ranked by |w| over all prunable
+weights at once (``--scope global``; ``component`` / ``layer`` rank inside each component / layer), the last
+round landing exactly on ``--target``; between rounds the masked network is fine-tuned ``--finetune_iters``
+iterations, each time with a new optimiser and LR schedule (as the reference ``finetune.py``); after the last
+round comes the final fine-tune of ``--iters`` iterations.  ``--one_shot`` is a single round (the AdapMTL
+reference's ``pruning.py`` + ``finetune.py``).  Round r's fine-tune lives in ``<save_dir>/round_<r>/``; the final
+one writes ``<save_dir>/<tasks>.model`` and ``masks.json`` (with the per-round log, also in ``rounds.json``).
+
+Why fine-tune from the previous round's *last* weights (not its best checkpoint): that is Han et al.'s loop, and
+the best checkpoint is selected on validation data the next round should not depend on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from main.config import Config, ConfigError
+from main.errors import cli_main
+from main.runner import check_run_dir, seed_everything
+
+from .engine import install
+from .runs import (
+    add_rounds,
+    add_target,
+    finish,
+    load_trained,
+    magnitude_keep,
+    method_parser,
+    parse_method_args,
+    print_summary,
+    refuse_resume,
+    round_sparsities,
+    stage_trainer,
+    start_from,
+)
+
+OPTIONS = ("load_checkpoint", "target", "per_round", "one_shot", "scope", "finetune_iters")
+
+
+def build_imp_parser() -> argparse.ArgumentParser:
+    parser, g = method_parser("Iterative magnitude pruning of a trained checkpoint, fine-tuning between rounds.")
+    g.add_argument("--load_checkpoint", metavar="CKPT", help="trained (dense or AdapMTL) checkpoint to prune")
+    add_target(g)
+    add_rounds(g, "global (one |w| ranking, default) | component (each component to the round's sparsity) "
+                  "| layer (each layer to it)")
+    g.add_argument("--finetune_iters", type=int, default=None,
+                   help="fine-tuning iterations after every round but the last (default: --iters)")
+    return parser
+
+
+def run_imp(cfg: Config, opts: dict) -> dict:
+    """Prune/fine-tune rounds, then the final fine-tune; returns the ``masks.json`` summary."""
+    refuse_resume(cfg, "imp")
+    if not opts["load_checkpoint"]:
+        raise ConfigError("--load_checkpoint TRAINED.model is required (IMP prunes a trained model)")
+    cfg, model, masks = load_trained(cfg, opts["load_checkpoint"])
+    seed_everything(cfg.seed)
+    check_run_dir(cfg)
+    save_dir = Path(cfg.save_dir)
+    ft_iters = opts["finetune_iters"] or cfg.iters
+    if ft_iters <= 0:
+        raise ConfigError(f"--finetune_iters must be a positive integer, got {ft_iters}")
+    start = masks.sparsity()
+    plan = round_sparsities(start, opts["target"], None if opts["one_shot"] else opts["per_round"])
+    rounds = []
+    for r, sparsity in enumerate(plan, 1):
+        install(masks, magnitude_keep(masks, sparsity, opts["scope"]))
+        last = r == len(plan)
+        stage_dir = save_dir if last else save_dir / f"round_{r:02d}"
+        trainer = stage_trainer(cfg, stage_dir, None if last else ft_iters)
+        trainer.log.info(f"IMP round {r}/{len(plan)}: pruned to {100 * masks.sparsity():.2f}% "
+                         f"({opts['scope']} |w|), fine-tuning {trainer.cfg.iters} iterations")
+        start_from(trainer, model.state_dict(), masks)
+        trainer.train()
+        model, masks = trainer.model, trainer.masks
+        rounds.append({"round": r, "sparsity": masks.sparsity(), "target": sparsity, "dir": str(stage_dir),
+                       "finetune_iters": trainer.cfg.iters, "best": trainer.best})
+        (save_dir / "rounds.json").write_text(json.dumps(rounds, indent=1))
+    pruning = {"method": "imp", "target": opts["target"], "per_round": None if opts["one_shot"] else
+               opts["per_round"], "scope": opts["scope"], "source": opts["load_checkpoint"],
+               "finetune_iters": ft_iters, "final_iters": cfg.iters, "start_sparsity": start}
+    return finish(trainer, pruning, {"rounds": rounds})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg, opts = parse_method_args(build_imp_parser(), argv, OPTIONS)
+    print_summary("imp", run_imp(cfg, opts))
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,210 @@
+"""Lottery tickets with rewinding (Frankle & Carbin, 2019; late rewinding: Frankle et al., 2020).
+
+    # one command: train dense (snapshotting θ_0), prune 20 % of the rest per round, rewind, retrain, repeat
+    python -m SOTA_methods.lth --config configs/nyuv2_resnet34.yaml --data_root DATA/NYUv2 --target 0.9 \\
+        --save_dir outputs/lth90
+    python -m SOTA_methods.lth ... --target 0.9 --one_shot --rewind 500     # one round, rewind to θ_500
+    # from an existing dense run (θ_0 regenerated from its config and seed, or given as --init_checkpoint)
+    python -m SOTA_methods.lth --load_checkpoint DENSE.model --target 0.9 --one_shot --save_dir outputs/lth90
+    python -m SOTA_methods.lth --load_checkpoint DENSE.model --init_checkpoint RUN/dense/rewind_iter500.model ...
+
+Without ``--load_checkpoint`` the command first trains the dense model from the config in ``<save_dir>/dense/``
+and snapshots the complete training state at iteration k (``--rewind init`` = k = 0, the weights before the
+first step; ``--rewind K`` = after K steps) into ``<save_dir>/dense/rewind_iter<K>.model``.  Each round then
+ranks the surviving weights of the last trained network by |w| (global over all prunable weights, or
+``--scope component|layer``), removes ``--per_round`` of them (the last round lands exactly on ``--target``;
+``--one_shot`` = one round, what AdapMTL appears to have run), rewinds and retrains with the identical schedule:
+
+- rewinding restores the snapshot's weights **and BatchNorm running statistics**, its iteration counter, LR
+  schedule position, adaptive-weighting window, RNG state and Adam moments (zero at k = 0; cleared at pruned
+  entries), then applies the mask — so surviving weights equal θ_k exactly and pruned ones are 0;
+- the retraining runs from iteration k to ``--iters`` with the data order of the dense run from batch k on
+  (the sampler is a pure function of seed and batch index): it is the dense run's continuation from k, masked.
+  open_lth recreates the optimiser at the rewind point instead; restoring Adam's moments keeps "identical
+  schedule" literal (at k = 0 the two coincide).
+
+Round r's retraining lives in ``<save_dir>/round_<r>/``, the last one writes ``<save_dir>/<tasks>.model`` and
+``masks.json`` (round log also in ``rounds.json``).  Cost: iterative LTH to 90 % at 20 %/round is 11 retrainings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from main.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from main.config import Config, ConfigError
+from main.errors import cli_main
+from main.masks import MaskSet
+from main.runner import check_run_dir, seed_everything
+from main.trainer import Trainer
+
+from .engine import install
+from .runs import (
+    add_rounds,
+    add_target,
+    enforce,
+    finish,
+    hard_mask_config,
+    load_trained,
+    magnitude_keep,
+    method_parser,
+    parse_method_args,
+    print_summary,
+    refuse_resume,
+    round_sparsities,
+    stage_trainer,
+)
+
+OPTIONS = ("load_checkpoint", "init_checkpoint", "rewind", "target", "per_round", "one_shot", "scope")
+
+
+def build_lth_parser() -> argparse.ArgumentParser:
+    parser, g = method_parser("Lottery ticket: train dense, prune by magnitude, rewind to θ_0 / θ_k, retrain.")
+    g.add_argument("--load_checkpoint", metavar="CKPT",
+                   help="a trained dense checkpoint to start from (default: train it here from the flags)")
+    g.add_argument("--init_checkpoint", metavar="CKPT",
+                   help="with --load_checkpoint: the rewind snapshot (a rewind_iter<K>.model written by this "
+                        "command, or any checkpoint of that run); default θ_0 regenerated from the seed")
+    g.add_argument("--rewind", default=None, help="init (θ_0, default) | K (the weights after K iterations)")
+    add_target(g)
+    add_rounds(g, "global (one |w| ranking, default) | component | layer")
+    return parser
+
+
+def rewind_iteration(text: str | None) -> int:
+    if text is None or text == "init":
+        return 0
+    try:
+        k = int(text)
+    except ValueError:
+        raise ConfigError(f"--rewind {text!r} is not known; use init or an iteration count, e.g. --rewind 500") \
+            from None
+    if k < 0:
+        raise ConfigError(f"--rewind must be init or a non-negative iteration, got {k}")
+    return k
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A detached host copy (the snapshot must not hold ~3 model copies of GPU memory for the whole run)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def snapshot_at(trainer: Trainer, k: int) -> dict:
+    """Capture the trainer's full state (weights, BN statistics, optimiser, schedule, RNG) at iteration k."""
+    store: dict = {}
+    if k == 0:
+        store["state"] = _to_cpu(trainer.state_dict())
+    else:
+        def hook(tr: Trainer, iteration: int, batch: dict) -> None:
+            if iteration == k:
+                store["state"] = _to_cpu(tr.state_dict())
+
+        trainer.step_hooks.append(hook)
+    return store
+
+
+def rewind(trainer: Trainer, snapshot: dict | None, masks: MaskSet, source: str) -> MaskSet:
+    """Put the fresh stage ``trainer`` at the snapshot (None: its own fresh init is θ_0) and apply ``masks``."""
+    if snapshot is not None:
+        if "optimizer" in snapshot and "scheduler" in snapshot and "weighting" in snapshot:
+            trainer.resume_from({**snapshot, "masks": None}, source)
+        else:  # weights only (e.g. a pruned checkpoint): iteration and schedule position from its counter
+            trainer.load_model_weights(snapshot, source)
+            trainer.iteration = int(snapshot.get("iter", 0))
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(trainer.iteration):
+                    trainer.scheduler.step()
+        trainer.best = None
+    return enforce(trainer, masks)
+
+
+def run_lth(cfg: Config, opts: dict) -> dict:
+    """Dense training (unless given), then prune → rewind → retrain rounds; returns the ``masks.json`` summary."""
+    refuse_resume(cfg, "lth")
+    k = rewind_iteration(opts["rewind"])
+    snapshot, snap_source = None, "θ_0 regenerated from the seed"
+    if opts["load_checkpoint"]:
+        if not opts["init_checkpoint"] and "seed" in getattr(cfg, "explicit", set()):
+            # θ_0 is the seeded init build_trainer makes (datasets draw nothing from the global RNG), so only
+            # the dense run's own seed regenerates it.
+            raise ConfigError("--seed: θ_0 is regenerated from the dense run's own seed; drop --seed or pass the "
+                              "snapshot as --init_checkpoint")
+        cfg, _, masks = load_trained(cfg, opts["load_checkpoint"])
+        seed_everything(cfg.seed)
+        check_run_dir(cfg)
+        if opts["init_checkpoint"]:
+            snapshot, snap_source = load_checkpoint(opts["init_checkpoint"]), opts["init_checkpoint"]
+            at = int(snapshot.get("iter", 0))
+            if opts["rewind"] is not None and at != k:
+                raise ConfigError(f"--init_checkpoint {snap_source} is the state at iteration {at}, not --rewind "
+                                  f"{opts['rewind']}; drop --rewind or pass the matching snapshot")
+            k = at
+        elif k != 0:
+            raise ConfigError(f"--rewind {k} needs θ_{k}: pass --init_checkpoint (a rewind_iter{k}.model from an "
+                              "earlier lth run), or omit --load_checkpoint so lth trains the dense model itself")
+    else:
+        if opts["init_checkpoint"]:
+            raise ConfigError("--init_checkpoint goes with --load_checkpoint (the dense run it belongs to)")
+        cfg = hard_mask_config(cfg)
+        check_run_dir(cfg)
+        trainer = stage_trainer(cfg, Path(cfg.save_dir) / "dense")
+        if k >= cfg.iters:
+            raise ConfigError(f"--rewind {k} is not before the end of training (--iters {cfg.iters})")
+        store = snapshot_at(trainer, k)
+        trainer.log.info(f"LTH: training the dense model, snapshot at iteration {k}")
+        trainer.train()
+        snapshot = store["state"]
+        snap_source = str(trainer.save_dir / f"rewind_iter{k}.model")
+        atomic_save(snapshot, snap_source)
+        masks = MaskSet.from_weights(trainer.model)
+    if k >= cfg.iters:
+        raise ConfigError(f"the rewind point (iteration {k}) is not before the end of training (--iters {cfg.iters})")
+    save_dir = Path(cfg.save_dir)
+    start = masks.sparsity()
+    plan = round_sparsities(start, opts["target"], None if opts["one_shot"] else opts["per_round"])
+    rounds = []
+    for r, sparsity in enumerate(plan, 1):
+        install(masks, magnitude_keep(masks, sparsity, opts["scope"]))
+        last = r == len(plan)
+        stage_dir = save_dir if last else save_dir / f"round_{r:02d}"
+        trainer = stage_trainer(cfg, stage_dir)
+        try:
+            masks = rewind(trainer, snapshot, masks, snap_source)
+        except CheckpointError as e:
+            raise CheckpointError(f"the rewind snapshot does not fit: {e}") from None
+        trainer.log.info(f"LTH round {r}/{len(plan)}: {100 * masks.sparsity():.2f}% pruned ({opts['scope']} |w|), "
+                         f"rewound to iteration {trainer.iteration}, retraining to {cfg.iters}")
+        trainer.train()
+        masks = trainer.masks
+        rounds.append({"round": r, "sparsity": masks.sparsity(), "target": sparsity, "dir": str(stage_dir),
+                       "rewind_iter": k, "best": trainer.best})
+        (save_dir / "rounds.json").write_text(json.dumps(rounds, indent=1))
+    pruning = {"method": "lth", "target": opts["target"], "rewind_iter": k, "rewind_source": snap_source,
+               "per_round": None if opts["one_shot"] else opts["per_round"], "scope": opts["scope"],
+               "source": opts["load_checkpoint"], "iters": cfg.iters}
+    return finish(trainer, pruning, {"rounds": rounds})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg, opts = parse_method_args(build_lth_parser(), argv, OPTIONS)
+    print_summary("lth", run_lth(cfg, opts))
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)

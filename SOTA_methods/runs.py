@@ -1,0 +1,229 @@
+"""Setup shared by the baselines that train (IMP, LTH, prune-at-init, DiSparse dynamic).
+
+Each of those commands is a chain of *stages*: one ordinary ``Trainer`` run (built by ``main.runner.build_trainer``,
+so data order, seeding, validation, checkpoints and logs are exactly those of ``baseline.py`` / ``finetune.py``)
+started from given weights and hard masks.  What differs between methods is only what happens between stages
+(prune, rewind) or inside one (a step hook), so the stage plumbing, the command-line parsing and the final
+``masks.json`` report live here once.
+
+Conventions every command follows:
+- hard-masked runs always train with ``dense=True`` (no AdapMTL soft thresholds; a sparse source checkpoint has
+  its thresholds baked into the weights first, as ``pruning.py`` does);
+- a source checkpoint's stored config is the base and flags given on the command line override it (the
+  ``finetune.py`` rule), so ``--iters``, ``--lr`` ... set the schedule of the training stages;
+- intermediate stages write to sub-folders of ``--save_dir``; the last one writes ``<save_dir>/<tasks>.model``
+  (resumable with ``finetune.py --save_dir DIR --resume``, masks included) and ``<save_dir>/masks.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from args import build_parser, config_from_namespace
+from main.checkpoint import rng_state, set_rng_state
+from main.config import Config, ConfigError
+from main.evaluation import format_table
+from main.masks import MaskSet
+from main.models import MultiTaskModel
+from main.runner import build_trainer, resolve_device
+from main.trainer import Trainer, checkpoint_name
+
+from .engine import magnitude_scores, select_global, select_per_component, select_per_layer
+from .prune_run import load_source, report_of
+
+SCOPES = ("global", "component", "layer")
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def method_parser(description: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
+    """The training parser (every ``baseline.py`` flag) plus an empty group for the method's own options."""
+    parser = build_parser(description)
+    return parser, parser.add_argument_group("method")
+
+
+def add_target(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--target", "--prune_ratio", dest="target", type=float, default=None,
+                       help="final overall sparsity of the prunable weights, e.g. 0.9")
+
+
+def add_rounds(group: argparse._ArgumentGroup, scope_help: str) -> None:
+    """Round options shared by IMP and LTH (both prune by magnitude in rounds)."""
+    group.add_argument("--per_round", type=float, default=0.2,
+                       help="fraction of the remaining weights removed per round; the last round lands exactly "
+                            "on --target (default 0.2)")
+    group.add_argument("--one_shot", action="store_true", default=False,
+                       help="a single round straight to --target")
+    group.add_argument("--scope", default="global", help=scope_help)
+
+
+def parse_method_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                      options: Sequence[str]) -> tuple[Config, dict]:
+    """-> (config from --config and the flags, method options); ``cfg.explicit`` as ``args.parse_args`` sets."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("this command runs in one process (its stages and mask updates are not rank-aware); "
+                          "start it with python, not torchrun")
+    ns = vars(parser.parse_args(argv))
+    opts = {k: ns.pop(k, None) for k in options}
+    cfg = config_from_namespace(ns)
+    if "target" in opts:
+        t = opts["target"]
+        if (t is None and not cfg.resume) or (t is not None and not 0.0 < t < 1.0):
+            raise ConfigError(f"--target must be a fraction in (0, 1), got {t}; e.g. --target 0.9")
+    if "per_round" in opts and not 0.0 < opts["per_round"] < 1.0:
+        raise ConfigError(f"--per_round must be a fraction in (0, 1), got {opts['per_round']}; e.g. 0.2")
+    if "scope" in opts and opts["scope"] not in SCOPES:
+        raise ConfigError(f"--scope {opts['scope']!r} is not known; choose one of: {', '.join(SCOPES)}")
+    return cfg, opts
+
+
+# ------------------------------------------------------------------------------------------------ sources
+def refuse_resume(cfg: Config, command: str) -> None:
+    """Multi-stage commands cannot be resumed as a whole; say what can be."""
+    if cfg.resume:
+        raise ConfigError(f"{command} runs several training stages and cannot be resumed as a whole; continue an "
+                          "interrupted final stage with `python finetune.py --save_dir DIR --resume`, or start over "
+                          "with --overwrite")
+
+
+def hard_mask_config(cfg: Config) -> Config:
+    """The config of a hard-masked run: dense storage (no soft thresholds), weights never from ``--reload``."""
+    cfg.dense, cfg.reload = True, None
+    return cfg.validate()
+
+
+def load_trained(cfg: Config, checkpoint: str) -> tuple[Config, MultiTaskModel, MaskSet]:
+    """A trained checkpoint as (its config with the command-line flags on top, baked model, its masks).
+
+    Zeros already in the weights (an AdapMTL run's thresholded weights, an earlier pruning) stay pruned;
+    a stored mask set is used as is.
+    """
+    explicit = getattr(cfg, "explicit", set())
+    base, model, saved = load_source(cfg, checkpoint, resolve_device(cfg.device))
+    for key in explicit - {"dense", "reload", "resume"}:
+        setattr(base, key, getattr(cfg, key))
+    base.resume = False
+    masks = MaskSet.from_weights(model)
+    if saved is not None:
+        masks.load_state_dict(saved)
+    return hard_mask_config(base), model, masks
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def stage_trainer(cfg: Config, save_dir: Path | str, iters: int | None = None) -> Trainer:
+    """A fresh ``Trainer`` (new optimiser, schedule at 0, seeded data order) writing to ``save_dir``."""
+    stage = dataclasses.replace(cfg, save_dir=str(save_dir), iters=iters or cfg.iters, resume=False)
+    return build_trainer(stage.validate())
+
+
+def start_from(trainer: Trainer, weights: Mapping[str, Tensor], masks: MaskSet | Mapping[str, Tensor],
+               source: str = "previous stage") -> MaskSet:
+    """Load ``weights`` into the stage's model and enforce ``masks`` from its first step on."""
+    trainer.load_model_weights({"state_dict": dict(weights)}, source)
+    return enforce(trainer, masks)
+
+
+def enforce(trainer: Trainer, masks: MaskSet | Mapping[str, Tensor]) -> MaskSet:
+    """Install ``masks`` (a MaskSet of any model, or its state dict) on the trainer's model.
+
+    The optimiser state at pruned entries is cleared too, so a stage that starts from restored Adam
+    moments (an LTH rewind to iteration k) cannot move pruned weights.
+    """
+    ms = MaskSet(trainer.model)
+    ms.load_state_dict(masks.state_dict() if isinstance(masks, MaskSet) else dict(masks))
+    trainer.set_masks(ms)
+    ms.zero_optimizer_state(trainer.optimizer)
+    return ms
+
+
+@contextlib.contextmanager
+def side_effect_free(model: torch.nn.Module) -> Iterator[None]:
+    """Extra forward passes (scoring, regrowth gradients) leave no trace on the run.
+
+    Train-mode forwards update BatchNorm running statistics and dropout draws from the global RNG; both are
+    restored afterwards, so a run with scoring passes sees the same later RNG draws and BN statistics as one
+    without (the reference computed such gradients on a copy of the network, with the same effect on BN).
+    """
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    rng = rng_state()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+        set_rng_state(rng)
+
+
+# ------------------------------------------------------------------------------------------------ rounds
+def round_sparsities(start: float, target: float, per_round: float | None) -> list[float]:
+    """Overall sparsity after each round: each removes ``per_round`` of what remains, the last lands on target.
+
+    ``per_round=None`` is one-shot.  The count is the smallest n with 1 − (1 − start)(1 − p)^n ≥ target
+    (e.g. 0 → 0.9 at p = 0.2 takes 11 rounds), so the last round never removes a sliver.
+    """
+    if target <= start + 1e-12:
+        raise ConfigError(f"the source is already {100 * start:.2f}% sparse, at or above --target {target}; "
+                          "choose a higher target")
+    if per_round is None:
+        return [target]
+    n = max(1, math.ceil(math.log((1.0 - target) / (1.0 - start)) / math.log(1.0 - per_round) - 1e-9))
+    return [1.0 - (1.0 - start) * (1.0 - per_round) ** k for k in range(1, n)] + [target]
+
+
+def magnitude_keep(masks: MaskSet, sparsity: float, scope: str = "global") -> dict[str, Tensor]:
+    """|w| ranking at ``sparsity``: one global ranking, or every component / every layer to that sparsity."""
+    scores = magnitude_scores(masks)
+    if scope == "global":
+        return select_global(scores, masks, sparsity)
+    if scope == "component":
+        return select_per_component(scores, masks, {c: sparsity for c in masks.components()})
+    if scope == "layer":
+        return select_per_layer(scores, masks, {n: 1.0 - sparsity for n in masks.masks})
+    raise ConfigError(f"--scope {scope!r} is not known; choose one of: {', '.join(SCOPES)}")
+
+
+# ------------------------------------------------------------------------------------------------ report
+METHOD_FILE = "pruning.json"
+
+
+def write_method(save_dir: Path | str, info: dict) -> None:
+    """Record a single-stage run's method settings at its start, so ``--resume`` can continue it as it began."""
+    (Path(save_dir) / METHOD_FILE).write_text(json.dumps(info, indent=1))
+
+
+def read_method(save_dir: Path | str) -> dict:
+    path = Path(save_dir) / METHOD_FILE
+    if not path.is_file():
+        raise ConfigError(f"--resume: {save_dir} holds no run of this command ({METHOD_FILE} missing); "
+                          "start it without --resume")
+    return json.loads(path.read_text())
+
+
+def finish(trainer: Trainer, pruning: dict, extra: dict | None = None) -> dict:
+    """Write ``masks.json`` beside the final checkpoint: sparsity measured from the weights, plus the masks'."""
+    report = report_of(trainer.model)
+    summary = {"checkpoint": str(trainer.save_dir / checkpoint_name(trainer.tasks)), "pruning": pruning,
+               "sparsity": report.as_dict(),
+               "mask_sparsity": trainer.masks.sparsity() if trainer.masks is not None else 0.0,
+               "iter": trainer.iteration, **(extra or {})}
+    (trainer.save_dir / "masks.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def print_summary(label: str, summary: dict) -> None:
+    sp = summary["sparsity"]
+    row = {"sparsity": {"components": {c: 100 * v for c, v in sp["components"].items()},
+                        "overall": 100 * sp["overall"]}, "metrics": {}}
+    print(format_table([(label, row)]))
+    print(f"sparsity in %; {sp['nonzero']:,} of {sp['total']:,} prunable weights non-zero")
+    print(f"wrote {summary['checkpoint']} and masks.json beside it")
