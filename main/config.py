@@ -60,7 +60,7 @@ class Config:
     head_dropout: float = _f(0.5, "model", "dropout inside the ASPP heads")
     # -- sparsity
     dense: bool = _f(False, "sparsity", "train without soft thresholds (the dense baseline)")
-    sInit_value: float = _f(-4.0, "sparsity", "initial threshold parameter s for every component")
+    sInit_value: float = _f(-6.0, "sparsity", "initial threshold parameter s for every component")
     sInit_type: str = _f("constant", "sparsity", "only 'constant' (kept for reference scripts)")
     sparse_function: str = _f("sigmoid", "sparsity", "only 'sigmoid' (kept for reference scripts)")
     ratio: float = _f(0.9, "sparsity", "target overall sparsity in (0, 1): thresholds freeze while reached")
@@ -69,7 +69,7 @@ class Config:
     lr: float = _f(1e-3, "optimisation", "Adam learning rate")
     decay_lr_freq: int = _f(600, "optimisation", "StepLR step size (iterations)")
     decay_lr_rate: float = _f(0.5, "optimisation", "StepLR gamma")
-    weight_decay: float = _f(3e-4, "optimisation", "coupled L2 on every parameter, thresholds included")
+    weight_decay: float = _f(4e-3, "optimisation", "coupled L2 on every parameter, thresholds included")
     task_weighting: str = _f("adaptive", "optimisation", "adaptive (reference sliding window) | equal")
     adaptive_begin: int = _f(400, "optimisation", "iteration at which adaptive weighting starts (ref 5000)")
     adaptive_window: int = _f(40, "optimisation", "sliding-window length (ref 500)")
