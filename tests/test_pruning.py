@@ -138,3 +138,21 @@ def test_masks_survive_adam_with_weight_decay():
     assert abs(masks.sparsity() - 0.8) < 1e-6
     for w in masks:
         assert torch.all(w.param[~masks.masks[w.name]] == 0)
+
+
+def test_adapmtl_from_a_pruned_checkpoint_keeps_its_zeros(dense_ckpt, tmp_path):
+    """Reference option 2: --reload a (pre-)pruned model; pruned weights get no task gradient and stay zero."""
+    from conftest import TINY_FLAGS
+
+    pruned = tmp_path / "p"
+    pruning.main(["--load_checkpoint", str(dense_ckpt), "--method", "magnitude", "--prune_ratio", "0.7",
+                  "--save_dir", str(pruned)])
+    run = tmp_path / "adapmtl"
+    assert baseline.main(TINY_FLAGS + ["--iters", "3", "--reload", str(pruned / CKPT), "--sInit_value", "-8",
+                                       "--save_dir", str(run)]) == 0
+    before = load_checkpoint(pruned / CKPT)["state_dict"]
+    after = load_checkpoint(run / CKPT)
+    assert not after["config"]["dense"]
+    for key, w in before.items():
+        if key.endswith("weight") and w.dim() == 4:
+            assert torch.all(after["state_dict"][key][w == 0] == 0), key
