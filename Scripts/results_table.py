@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from main.evaluation import delta_t, format_table  # noqa: E402
+from main.evaluation import UndefinedDelta, delta_t, format_table  # noqa: E402
 from main.tasks import metric_directions  # noqa: E402
 
 
@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     directions = metric_directions(ns.style, list(reference))
     rows = []
     for label, res in zip(labels, results):
-        delta = res.get("delta_t") or delta_t(res["metrics"], reference, directions)
+        try:
+            delta = res.get("delta_t") or delta_t(res["metrics"], reference, directions)
+        except UndefinedDelta as e:
+            print(f"warning: no Δ_T for {label}: {e}", file=sys.stderr)
+            delta = None
         sparsity = {"components": {c: 100 * v for c, v in res["sparsity"]["components"].items()},
                     "overall": 100 * res["sparsity"]["overall"]}
         rows.append((label, {"metrics": res["metrics"], "delta_t": delta, "sparsity": sparsity}))

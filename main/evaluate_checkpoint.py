@@ -7,6 +7,7 @@ overall, Δ_T against a dense reference, parameter counts).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .config import ConfigError
 from .data import build_dataset, dataset_info
-from .evaluation import delta_t
+from .evaluation import UndefinedDelta, delta_t
 from .models import MultiTaskModel
 from .monitor import progress
 from .runner import model_from_checkpoint
@@ -80,6 +81,8 @@ def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *,
     if ref is not None:
         try:
             delta = delta_t(result["metrics"], ref["metrics"], directions)
+        except UndefinedDelta as e:
+            warnings.warn(f"Δ_T not computed: {e} in --reference {reference}", stacklevel=1)
         except ValueError as e:
             raise ConfigError(f"--reference {reference} does not match this model's metrics: {e}") from None
     sparsity = report.as_dict()

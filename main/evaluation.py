@@ -33,6 +33,10 @@ NYUV2_REFERENCE_SCORES: dict[str, dict[str, dict[str, float]]] = {
 }
 
 
+class UndefinedDelta(ValueError):
+    """A reference metric is 0, so its relative change (and Δ_T) is undefined: a degenerate reference model."""
+
+
 Table = Mapping[str, Mapping[str, float]]  # {task: {metric: value}}
 Directions = Mapping[str, Mapping[str, int]]  # {task: {metric: +1 | -1}}
 
@@ -55,7 +59,7 @@ def _check_comparable(metrics: Table, reference: Table, directions: Directions) 
             if dirs.get(metric) not in (1, -1):
                 raise ValueError(f"no direction (+1 higher / -1 lower is better) for {task!r} {metric!r}")
             if ref[metric] == 0:
-                raise ValueError(f"reference value of {task!r} {metric!r} is 0; relative change undefined")
+                raise UndefinedDelta(f"reference value of {task!r} {metric!r} is 0; relative change undefined")
         for metric in ref:
             if metric not in values:
                 raise ValueError(f"metrics lack {metric!r} of task {task!r}, but the reference has it")
