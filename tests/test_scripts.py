@@ -37,3 +37,15 @@ def test_prune_finetune_and_collect_table(tmp_path, tiny_flags):
     proc = sh("Scripts/run_test.sh", str(runs), "dense", "--progress", "off")
     assert proc.returncode == 0, proc.stderr
     assert "magnitude_0.5" in proc.stdout and "magnitude_0.8" in proc.stdout and "Δ_T" in proc.stdout
+
+
+def test_distributed_train_two_gloo_processes(tmp_path, tiny_flags):
+    run = tmp_path / "ddp"
+    proc = sh("Scripts/distributed_train.sh", "2", *tiny_flags, "--batch_size", "2", "--iters", "3", "--device", "cpu",
+              "--save_dir", str(run))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = run / "segment_semantic_normal_depth_zbuffer.model"
+    assert ckpt.is_file() and (run / "config.yaml").is_file()
+    out = subprocess.run([sys.executable, "test.py", "--path", str(ckpt), "--progress", "off"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "overall" in out.stdout
