@@ -17,6 +17,14 @@ from main.config import Config, ConfigError, apply_overrides, field_types, load_
 GROUPS = ("data", "model", "sparsity", "optimisation", "evaluation", "logging", "run")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose command-line mistakes (misspelt flag, ``--iters abc``, missing ``--path``) are a
+    ``ConfigError``: one ``error: ...`` line and exit 2 through ``cli_main``, instead of the usage dump."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{' '.join(message.split())}; see `python {self.prog} --help`")
+
+
 def _optional(cast):
     def parse(text: str):
         return None if text.lower() in ("none", "null") else cast(text)
@@ -47,8 +55,8 @@ def _add_config_fields(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The training parser (baseline.py)."""
-    parser = argparse.ArgumentParser(description=description or "Train a dense or AdapMTL multitask model.",
-                                     argument_default=argparse.SUPPRESS)
+    parser = ArgumentParser(description=description or "Train a dense or AdapMTL multitask model.",
+                            argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML preset; explicit flags override it")
     _add_config_fields(parser)
     return parser
@@ -61,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 def build_test_parser() -> argparse.ArgumentParser:
     """test.py: everything about the model comes from the checkpoint; only evaluation options here."""
-    p = argparse.ArgumentParser(description="Evaluate a checkpoint: metrics, sparsity, parameters, Delta_T.")
+    p = ArgumentParser(description="Evaluate a checkpoint: metrics, sparsity, parameters, Delta_T.")
     p.add_argument("--path", required=True, help="checkpoint (.model) to evaluate")
     p.add_argument("--split", default="test", help="test | val (default: test)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")

@@ -14,7 +14,7 @@ BatchNorm gamma and beta at zero (``ChannelMasks``), on a fresh start and on --r
 from __future__ import annotations
 
 from args import parse_finetune_args
-from main.checkpoint import load_checkpoint
+from main.checkpoint import CheckpointError, load_checkpoint
 from main.config import Config
 from main.distributed import cleanup, init_distributed
 from main.errors import cli_main
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         state = None
         if not cfg.resume:
             state = load_checkpoint(ckpt)
+            if not isinstance(state.get("config"), dict):
+                raise CheckpointError(f"{ckpt} carries no config; pass a checkpoint written by pruning.py, "
+                                      "baseline.py or finetune.py")
             base = Config.from_dict(state["config"], source=ckpt)
             for key in explicit:
                 setattr(base, key, getattr(cfg, key))

@@ -13,16 +13,21 @@ import json
 from pathlib import Path
 
 from args import parse_test_args
+from main.config import ConfigError
 from main.errors import cli_main
 from main.evaluate_checkpoint import evaluate_checkpoint
 from main.evaluation import format_table
 from main.monitor import want_progress
-from main.runner import resolve_device
+from main.runner import check_writable, resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_test_args(argv)
     device = resolve_device(ns.device)
+    if ns.json:  # checked now, not after a long evaluation
+        if Path(ns.json).is_dir():
+            raise ConfigError(f"--json {ns.json} is a folder; name a file, e.g. --json {Path(ns.json) / 'eval.json'}")
+        check_writable(Path(ns.json).parent, "--json folder")
     result = evaluate_checkpoint(ns.path, device, ns.split, batch_size=ns.batch_size, data_root=ns.data_root,
                                  metric_definitions=ns.metric_definitions, reference=ns.reference,
                                  show_progress=want_progress(ns.progress))

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from main.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint
 from main.config import Config, ConfigError
-from main.data import build_dataset, dataset_info
+from main.data import build_dataset, dataset_info, verify_dataset
 from main.data.sampler import ResumableBatchSampler
 from main.masks import MaskSet
 from main.models import MultiTaskModel, build_model
@@ -49,6 +49,7 @@ def load_source(cfg: Config, checkpoint: str | None,
 def score_batches(cfg: Config, n: int):
     """The first ``n`` training batches of the run's seeded order (what at-init / gradient scores see)."""
     dataset = build_dataset(cfg, "train")
+    verify_dataset(dataset)
     sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, cfg.seed)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, generator=torch.Generator())
     it = iter(loader)
@@ -67,7 +68,7 @@ def prune(cfg: Config, opts: dict) -> dict:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     cfg, model, saved_masks = load_source(cfg, opts["load_checkpoint"], device)
-    check_run_dir(cfg)
+    check_run_dir(cfg, create=False)  # created only once every check (data included) has passed
     info = dataset_info(cfg)
     masks = MaskSet.from_weights(model)  # zeros already there (baked thresholds, earlier pruning) stay pruned
     if saved_masks is not None:
@@ -96,6 +97,7 @@ def prune(cfg: Config, opts: dict) -> dict:
     if channel_masks is not None:
         state["channel_masks"] = channel_masks
     path = save_dir / checkpoint_name(info.tasks)
+    check_run_dir(cfg)
     atomic_save(state, path)
     summary = {"checkpoint": str(path), "pruning": pruning, "sparsity": report.as_dict()}
     (save_dir / "masks.json").write_text(json.dumps(summary, indent=1))

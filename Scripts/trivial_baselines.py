@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from args import parse_args  # noqa: E402
 from main.data import build_dataset, dataset_info  # noqa: E402
+from main.errors import cli_main  # noqa: E402
 from main.evaluation import format_table  # noqa: E402
 from main.tasks import TaskMetrics  # noqa: E402
 
@@ -79,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

@@ -99,3 +99,56 @@ def _numpy_state() -> dict:
 
 def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+SNAPSHOT_DIR = "checkpoints"
+
+
+def snapshot_path(save_dir: Path, stem: str, iteration: int) -> Path:
+    return Path(save_dir) / SNAPSHOT_DIR / f"{stem}_iter{iteration:08d}.model"
+
+
+def save_with_snapshots(obj: Any, latest: Path, iteration: int, keep: int) -> None:
+    """Write ``latest`` atomically and keep the newest ``keep`` per-iteration snapshots beside it.
+
+    The snapshot is a hard link to the same file (one write, no extra disk for the newest), so a crash at any
+    moment leaves either the previous files or the new ones, never a truncated file under a good name.
+    """
+    latest = Path(latest)
+    if keep <= 0:
+        atomic_save(obj, latest)
+        return
+    snap = snapshot_path(latest.parent, latest.stem, iteration)
+    snap.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(obj, snap)
+    tmp = latest.with_name(f".{latest.name}.link")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(snap, tmp)
+        os.replace(tmp, latest)
+    except OSError:  # file systems without hard links: a second atomic write
+        atomic_save(obj, latest)
+    for old in sorted(snap.parent.glob(f"{latest.stem}_iter*.model"))[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def resume_candidates(save_dir: Path, stem: str) -> list[Path]:
+    """The latest checkpoint, then the snapshots newest first: the order ``--resume`` tries them in."""
+    save_dir = Path(save_dir)
+    out = [save_dir / f"{stem}.model"] if (save_dir / f"{stem}.model").is_file() else []
+    out += sorted((save_dir / SNAPSHOT_DIR).glob(f"{stem}_iter*.model"), reverse=True)
+    return out
+
+
+def load_newest_intact(save_dir: Path, stem: str, warn=print) -> tuple[Path, dict]:
+    """First loadable checkpoint among ``resume_candidates``; corrupt ones are reported and skipped."""
+    candidates = resume_candidates(save_dir, stem)
+    if not candidates:
+        raise CheckpointError(f"--resume: no checkpoint in {save_dir}; start the run without --resume")
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            warn(f"skipping {path}: {e}")
+    raise CheckpointError(f"--resume: every checkpoint in {save_dir} is unreadable; start a new run")

@@ -78,6 +78,7 @@ class Config:
     priority: list[float] | None = _f(None, "optimisation", "per-task loss priorities (default all 1)",
                                       nargs="+")
     seed: int = _f(0, "optimisation", "seed for data order, augmentation, dropout and init")
+    max_bad_steps: int = _f(10, "optimisation", "stop after this many consecutive NaN/Inf losses (each is skipped)")
     deterministic: bool = _f(False, "optimisation", "torch.use_deterministic_algorithms (slower on GPU)")
     # -- evaluation
     val_iters: int = _f(300, "evaluation", "validate every N iterations (and at the end)")
@@ -88,6 +89,7 @@ class Config:
     save_dir: str = _f("outputs/adapmtl", "logging", "run folder: checkpoints, config.yaml, TensorBoard")
     log_every: int = _f(50, "logging", "log per-layer scalars and print every N iterations")
     save_iters: int = _f(300, "logging", "write the resumable checkpoint every N iterations")
+    keep_checkpoints: int = _f(2, "logging", "per-iteration snapshots kept in <save_dir>/checkpoints (0 = only latest)")
     progress: str = _f("auto", "logging", "progress bars: auto (only on a terminal) | on | off")
     tensorboard: bool = _f(True, "logging", "write TensorBoard events (--no-tensorboard to skip)")
     # -- run
@@ -116,11 +118,11 @@ class Config:
             raise ConfigError(f"--tasks lists a task twice: {self.tasks}")
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"--ratio must be a fraction in (0, 1), got {self.ratio}; e.g. --ratio 0.9")
-        for name in ("iters", "batch_size", "crop_size", "val_iters", "log_every", "save_iters",
+        for name in ("iters", "batch_size", "crop_size", "val_iters", "log_every", "save_iters", "max_bad_steps",
                      "decay_lr_freq", "adaptive_window", "train_size", "val_size", "test_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("num_workers", "adaptive_begin", "best_after"):
+        for name in ("num_workers", "adaptive_begin", "best_after", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "width_mult"):
@@ -202,7 +204,7 @@ def load_yaml(path: str) -> dict[str, Any]:
         with open(path) as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {path}; check the --config path (presets are in configs/)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:

@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .config import ConfigError
-from .data import build_dataset, dataset_info
+from .data import build_dataset, dataset_info, verify_dataset
 from .evaluation import UndefinedDelta, delta_t
 from .models import MultiTaskModel
 from .monitor import progress
@@ -42,18 +42,30 @@ def param_counts(model: MultiTaskModel, report: SparsityReport) -> dict[str, int
     return {"total": total, "nonzero": nonzero + report.nonzero}
 
 
-def load_reference(path: str, tasks: tuple[str, ...]) -> dict:
+def load_reference(path: str, tasks: tuple[str, ...], directions: dict[str, dict[str, int]] | None = None) -> dict:
+    """A dense model's test.py JSON, checked against this model's tasks (and, given ``directions``, metrics)."""
     try:
         ref = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"--reference {path} not found; write it with test.py --json on the dense model") from None
     except json.JSONDecodeError as e:
-        raise ConfigError(f"--reference {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        raise ConfigError(f"--reference {path} is not valid JSON ({e.msg}, line {e.lineno}); write it with "
+                          "test.py --json on the dense model") from None
     if not isinstance(ref, dict) or not isinstance(ref.get("metrics"), dict):
         raise ConfigError(f"--reference {path} has no 'metrics' object; it must be a test.py --json output")
     if set(ref["metrics"]) != set(tasks):
         raise ConfigError(f"--reference {path} covers tasks {sorted(ref['metrics'])}, this model "
                           f"{sorted(tasks)}; use a dense model trained on the same tasks")
+    for task in tasks:
+        values = ref["metrics"][task]
+        if not isinstance(values, dict) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                   for v in values.values()):
+            raise ConfigError(f"--reference {path}: metrics of {task} must map metric names to numbers; "
+                              "it must be a test.py --json output")
+        if directions is not None and set(values) != set(directions[task]):
+            raise ConfigError(f"--reference {path} has metrics {sorted(values)} for {task}, this model reports "
+                              f"{sorted(directions[task])}; use a test.py --json of a dense model on the same "
+                              "dataset and tasks")
     return ref
 
 
@@ -65,8 +77,10 @@ def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *,
     cfg, model = model_from_checkpoint(state, path, device, overrides)
     cfg.validate()
     info = dataset_info(cfg)
-    ref = load_reference(reference, info.tasks) if reference else None
+    directions = metric_directions(info.metric_style, info.tasks)
+    ref = load_reference(reference, info.tasks, directions) if reference else None
     dataset = build_dataset(cfg, split)
+    verify_dataset(dataset)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False,
                                          num_workers=cfg.num_workers, generator=torch.Generator())
     metrics = TaskMetrics(info.tasks, info.num_classes, info.metric_style, cfg.metric_definitions,
@@ -76,7 +90,6 @@ def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *,
     result = evaluate(model, batches, info.tasks, metrics, device, class_weights)
     counter = SparsityCounter(model.components())
     report = counter.report(counter.count(model.taus() if model.sparse else None))
-    directions = metric_directions(info.metric_style, info.tasks)
     delta = None
     if ref is not None:
         try:

@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_newest_intact
 from .config import Config, ConfigError, dump_yaml
-from .data import build_dataset, dataset_info
+from .data import build_dataset, dataset_info, verify_dataset
 from .distributed import DistInfo
 from .models import build_model
 from .trainer import Trainer, checkpoint_name
 
 # Flags that may change when a run is resumed; any other difference would silently break "exact resume".
 RESUMABLE_OVERRIDES = {"iters", "device", "progress", "num_workers", "val_iters", "log_every", "save_iters",
-                       "tensorboard", "resume", "data_root", "save_dir", "skip_bad_samples"}
+                       "tensorboard", "resume", "data_root", "save_dir", "skip_bad_samples", "keep_checkpoints",
+                       "max_bad_steps"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,12 +54,33 @@ def holds_run(save_dir: Path) -> bool:
     return save_dir.is_dir() and (any(save_dir.glob("*.model")) or (save_dir / "config.yaml").exists())
 
 
-def check_run_dir(cfg: Config) -> None:
-    """Refuse to clobber another run; make sure the folder is writable before any work is done."""
+def check_writable(path: Path, flag: str) -> None:
+    """``path`` is, or can be created as, a writable folder: checked without creating anything."""
+    path = Path(os.path.abspath(path))
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder; choose another {flag}")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create {flag} {path}: {existing} is a file, not a folder; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {existing} is not writable; choose a writable folder")
+
+
+def check_run_dir(cfg: Config, create: bool = True) -> None:
+    """Refuse to clobber another run and make sure the folder can be written; ``create`` makes it.
+
+    ``create=False`` only checks (nothing touches the disk), so every other user mistake can still be found
+    before the run folder appears.
+    """
     save_dir = Path(cfg.save_dir)
     if holds_run(save_dir) and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"--save_dir {save_dir} already holds a run; pass --resume to continue it, "
                           "--overwrite to replace it, or choose another --save_dir")
+    check_writable(save_dir, "--save_dir")
+    if not create:
+        return
     try:
         save_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -69,14 +91,10 @@ def check_run_dir(cfg: Config) -> None:
 
 def config_for_resume(cfg: Config, explicit: set[str]) -> tuple[Config, dict]:
     """The checkpoint's config, with only the resumable flags the user gave on the command line."""
-    path = Path(cfg.save_dir) / checkpoint_name(cfg.tasks)
-    if not path.is_file():
-        candidates = sorted(Path(cfg.save_dir).glob("*.model"))
-        candidates = [c for c in candidates if not c.name.startswith("best_")]
-        if not candidates:
-            raise ConfigError(f"--resume: no checkpoint in {cfg.save_dir}; start the run without --resume")
-        path = candidates[0]
-    state = load_checkpoint(path)
+    stem = Path(checkpoint_name(cfg.tasks)).stem
+    path, state = load_newest_intact(Path(cfg.save_dir), stem, warn=lambda m: print(f"warning: {m}"))
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path} carries no config, so --resume cannot continue it; start a new run")
     resumed = Config.from_dict(state["config"], source=str(path))
     for key in explicit:
         ours, theirs = getattr(cfg, key), getattr(resumed, key)
@@ -89,9 +107,46 @@ def config_for_resume(cfg: Config, explicit: set[str]) -> tuple[Config, dict]:
     return resumed.validate(), state
 
 
+def check_fits(model: torch.nn.Module, state: dict, source: str, cfg: Config) -> None:
+    """``state``'s weights load into ``model``, or a ``CheckpointError`` naming the difference and the fix."""
+    theirs = state["config"] if isinstance(state.get("config"), dict) else {}
+    arch = theirs.get("architecture")
+    if arch is not None and arch != cfg.architecture:
+        raise CheckpointError(f"{source} is a {arch} checkpoint but this run builds {cfg.architecture}; pass "
+                              f"--architecture {arch} or use a {cfg.architecture} checkpoint")
+    tasks = theirs.get("tasks")
+    if tasks is not None and set(tasks) != set(cfg.tasks):
+        raise CheckpointError(f"{source} was trained on tasks {' '.join(tasks)} but this run has "
+                              f"{' '.join(cfg.tasks)}; pass --tasks {' '.join(tasks)} or use a checkpoint of "
+                              "these tasks")
+    try:
+        model.load_state_dict(state["state_dict"])
+    except (RuntimeError, TypeError, ValueError) as e:
+        lines = [line for line in str(e).splitlines() if line.strip()] or ["mismatched weights"]
+        detail = " ".join(lines[min(1, len(lines) - 1)].split())[:200]  # line 0 is "Error(s) in loading ..."
+        raise CheckpointError(f"{source} does not fit this model (it has dataset {theirs.get('dataset')!r}, "
+                              f"width_mult {theirs.get('width_mult')}; this run {cfg.dataset!r}, {cfg.width_mult}: "
+                              f"{detail}); pass the checkpoint's --dataset / --width_mult or use a matching "
+                              "checkpoint") from None
+
+
+def check_batch_fits(cfg: Config, train_set, world_size: int = 1) -> None:
+    """The sampler drops incomplete batches: the training split must hold at least one global batch."""
+    n, batch = len(train_set), cfg.batch_size * world_size
+    if n < batch:
+        per_process = f" x {world_size} processes" if world_size > 1 else ""
+        raise ConfigError(f"--batch_size {cfg.batch_size}{per_process} is larger than the training split "
+                          f"({n} samples; incomplete batches are dropped); lower --batch_size to at most "
+                          f"{max(n // world_size, 1)} or add training data")
+
+
 def build_trainer(cfg: Config, explicit: set[str] | None = None, dist_info: DistInfo | None = None,
                   device: torch.device | None = None) -> Trainer:
-    """Everything ``baseline.py`` needs before ``trainer.train()``, in an order that fails fast."""
+    """Everything ``baseline.py`` needs before ``trainer.train()``, in an order that fails fast.
+
+    Every check a user mistake can fail (flags, run folder, device, checkpoints, dataset files, batch size,
+    checkpoint-to-model fit) runs before the run folder is created, so a refused run writes nothing.
+    """
     explicit = explicit or set()
     dist_info = dist_info or DistInfo()
     state = None
@@ -100,15 +155,24 @@ def build_trainer(cfg: Config, explicit: set[str] | None = None, dist_info: Dist
             raise ConfigError(f"--resume: {cfg.save_dir} does not exist; start the run without --resume")
         cfg, state = config_for_resume(cfg, explicit)
     if dist_info.is_main:
-        check_run_dir(cfg)
+        check_run_dir(cfg, create=False)
     device = device or resolve_device(cfg.device)
     reload_state = load_checkpoint(cfg.reload) if cfg.reload else None
     seed_everything(cfg.seed, dist_info.rank, cfg.deterministic)
     info = dataset_info(cfg)
     train_set = build_dataset(cfg, "train")
     val_set = build_dataset(cfg, "val")
+    check_batch_fits(cfg, train_set, dist_info.world_size)
+    verify_dataset(train_set)
+    verify_dataset(val_set)
     model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, cfg.sInit_value,
                         sparse=not cfg.dense, head_dropout=cfg.head_dropout)
+    if state is not None:
+        check_fits(model, state, f"{cfg.save_dir}", cfg)
+    elif reload_state is not None:
+        check_fits(model, reload_state, cfg.reload, cfg)
+    if dist_info.is_main:
+        check_run_dir(cfg)  # all checks passed: only now does the run folder appear
     trainer = Trainer(cfg, model, info, train_set, val_set, device, dist_info)
     if state is not None:
         trainer.resume_from(state, f"{cfg.save_dir}")
@@ -125,8 +189,9 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device,
 
     ``overrides`` (e.g. a moved ``data_root``) apply before anything reads the dataset.
     """
-    if "config" not in state:
-        raise CheckpointError(f"{source} carries no config; it was not written by this code")
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{source} carries no config; it was not written by this code, use a checkpoint "
+                              "written by baseline.py, pruning.py or finetune.py")
     cfg = Config.from_dict(state["config"], source=source)
     for key, value in (overrides or {}).items():
         setattr(cfg, key, value)
@@ -135,7 +200,7 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device,
                         sparse=not cfg.dense, head_dropout=cfg.head_dropout)
     try:
         model.load_state_dict(state["state_dict"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: weights do not fit the model its config describes "
                               f"({str(e).splitlines()[0]})") from None
     model.set_sparse(not cfg.dense)

@@ -17,11 +17,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import CHECKPOINT_VERSION, CheckpointError, atomic_save, rng_state, set_rng_state
+from .checkpoint import (
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    atomic_save,
+    rng_state,
+    save_with_snapshots,
+    set_rng_state,
+)
 from .config import Config
 from .data import DatasetInfo
 from .data.sampler import ResumableBatchSampler
 from .distributed import DistInfo, all_reduce_mean, barrier
+from .errors import UserError
 from .evaluation import NYUV2_REFERENCE_SCORES, selection_score
 from .masks import MaskSet
 from .models import MultiTaskModel
@@ -32,28 +40,36 @@ from .validation import evaluate, to_device
 from .weighting import build_weighting
 
 
-class _TargetReached:
-    """"Overall sparsity >= ratio" for this step, read on the host with as little waiting as possible.
+class TrainingDiverged(UserError):
+    """Too many consecutive non-finite losses; the last good checkpoint is left untouched."""
 
-    The count is launched right after the forward pass; on CUDA its result is copied to the host without
-    blocking and an event is recorded, so reading it after ``backward()`` waits for the count kernels only,
-    not for the whole backward pass.  One scalar per step, never one per layer.
+
+class _StepFlags:
+    """Per-step host decisions, "loss is finite" and "overall sparsity >= ratio", in ONE transfer.
+
+    Both are computed on the device right after the forward pass (the loss check on the all-reduced losses, so
+    every rank agrees).  On CUDA the pair is copied to the host without blocking and an event is recorded, so
+    reading it after ``backward()`` waits for those few kernels only, not for the whole backward pass.
     """
 
-    def __init__(self, counts: Tensor, limit: float) -> None:
-        flag = counts.sum().double() <= limit
+    def __init__(self, losses: Tensor, counts: Tensor | None, limit: float) -> None:
+        finite = torch.isfinite(losses).all()
+        reached = counts.sum().double() <= limit if counts is not None else torch.zeros((), dtype=torch.bool,
+                                                                                         device=losses.device)
+        flags = torch.stack([finite, reached])
         self._event = None
-        if flag.device.type == "cuda":
-            self._flag = flag.to("cpu", non_blocking=True)
+        if flags.device.type == "cuda":
+            self._flags = flags.to("cpu", non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record()
         else:
-            self._flag = flag
+            self._flags = flags
 
-    def get(self) -> bool:
+    def get(self) -> tuple[bool, bool]:
         if self._event is not None:
             self._event.synchronize()
-        return bool(self._flag)
+        finite, reached = self._flags.tolist()
+        return bool(finite), bool(reached)
 
 
 def checkpoint_name(tasks: tuple[str, ...] | list[str], best: bool = False) -> str:
@@ -101,6 +117,7 @@ class Trainer:
         self.log = get_logger(str(self.save_dir), enabled=self.is_main)
         self.last_report: SparsityReport | None = None
         self._val_loader: DataLoader | None = None
+        self.bad_steps = 0  # non-finite losses skipped so far (this process)
         self.masks: MaskSet | None = None  # hard-pruning masks, enforced after every step when set
         # Called as hook(trainer, iteration, batch) after every optimiser step (masks already enforced): the seam
         # for schedules that change masks during training (DiSparse dynamic, CosPrune / Taylor windows, LTH k).
@@ -160,8 +177,17 @@ class Trainer:
         self.model.reset_thresholds(self.cfg.sInit_value)
 
     def save(self, best: bool = False) -> Path:
+        """Write the latest (or best) checkpoint; never one holding a NaN / Inf parameter."""
+        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise TrainingDiverged(f"parameter {bad[0]} is NaN/Inf at iteration {self.iteration}; nothing was "
+                                   f"saved and the last good checkpoint in {self.save_dir} is intact: lower --lr, "
+                                   "then --resume")
         path = self.save_dir / checkpoint_name(self.tasks, best)
-        atomic_save(self.state_dict(), path)
+        if best:
+            atomic_save(self.state_dict(), path)
+        else:
+            save_with_snapshots(self.state_dict(), path, self.iteration, self.cfg.keep_checkpoints)
         return path
 
     # ------------------------------------------------------------------ loop pieces
@@ -209,6 +235,7 @@ class Trainer:
         loss_acc = torch.zeros(len(self.tasks), device=self.device)
         acc_steps = 0
         frozen_steps = 0
+        consecutive_bad = 0
         t_last = time.perf_counter()
         self.model.train()
         batches = iter(self._train_loader())
@@ -217,34 +244,52 @@ class Trainer:
             for it in range(self.iteration, cfg.iters):
                 batch = to_device(next(batches), self.device)
                 _, losses, counts = self._step_losses(batch)
-                reached = _TargetReached(counts, limit) if counts is not None else None
                 # Every rank folds in the same (all-reduced) losses, so every rank holds the same weights.
-                weights = self.weighting.update(all_reduce_mean(losses.detach(), self.dist), it)
+                global_losses = all_reduce_mean(losses.detach(), self.dist)
+                flags = _StepFlags(global_losses, counts, limit)
+                saved_weighting = self.weighting.snapshot()
+                weights = self.weighting.update(global_losses, it)
                 total = (losses * weights * self.priority).sum()
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
-                if self.masks is not None:
-                    self.masks.mask_grads()
-                # Stop rule: thresholds skip this step when the target holds (see _TargetReached).
-                if reached is not None and reached.get():
-                    for s in self.model.thresholds.values():
-                        s.grad = None
-                    frozen_steps += 1
-                self.optimizer.step()
-                if self.masks is not None:
-                    self.masks.apply()
+                finite, reached = flags.get()
+                if finite:
+                    consecutive_bad = 0
+                    if self.masks is not None:
+                        self.masks.mask_grads()
+                    if reached:  # stop rule: the thresholds skip this step (Adam ignores a None grad)
+                        for s in self.model.thresholds.values():
+                            s.grad = None
+                        frozen_steps += 1
+                    self.optimizer.step()
+                    if self.masks is not None:
+                        self.masks.apply()
+                else:  # skip the step entirely: no update, and the weighting window never sees the NaN
+                    self.weighting.restore(saved_weighting)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.bad_steps += 1
+                    consecutive_bad += 1
+                    self.log.warning(f"[Iter {it + 1}] non-finite loss {global_losses.tolist()}: step skipped "
+                                     f"({consecutive_bad} in a row, limit --max_bad_steps {cfg.max_bad_steps})")
+                    if consecutive_bad >= cfg.max_bad_steps:
+                        raise TrainingDiverged(
+                            f"the loss was NaN/Inf for {consecutive_bad} consecutive steps (iteration {it + 1}); the "
+                            f"last good checkpoint in {self.save_dir} is intact: lower --lr or check the data, "
+                            "then --resume")
                 self.scheduler.step()
                 self.iteration = it + 1
-                for hook in self.step_hooks:
-                    hook(self, self.iteration, batch)
-                loss_acc += losses.detach()
-                acc_steps += 1
+                if finite:
+                    for hook in self.step_hooks:
+                        hook(self, self.iteration, batch)
+                    loss_acc += losses.detach()
+                    acc_steps += 1
                 bar.update(1)
 
                 if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iters:
                     now = time.perf_counter()
-                    self._log_interval(writer, loss_acc / acc_steps, weights, frozen_steps, acc_steps,
-                                       (now - t_last) / acc_steps, bar)
+                    mean = loss_acc / acc_steps if acc_steps else torch.full_like(loss_acc, float("nan"))
+                    self._log_interval(writer, mean, weights, frozen_steps,
+                                       max(acc_steps, 1), (now - t_last) / max(acc_steps, 1), bar)
                     loss_acc.zero_()
                     acc_steps = frozen_steps = 0
                     t_last = now
@@ -278,6 +323,7 @@ class Trainer:
         scalars["Loss/train/total"] = sum(p * x * y for p, x, y in zip(self.priority.tolist(), losses, w))
         scalars["LR"] = lr
         scalars["time/iter_s"] = sec_per_iter
+        scalars["train/bad_steps"] = self.bad_steps
         report = self.sparsity_report()
         self.last_report = report
         for comp, sp in report.component_sparsity().items():

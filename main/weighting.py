@@ -32,6 +32,12 @@ class EqualWeighting:
             self._weights = torch.ones(len(self.tasks), device=losses.device)
         return self._weights
 
+    def snapshot(self) -> None:
+        return None
+
+    def restore(self, snap: None) -> None:
+        pass
+
     def state_dict(self) -> dict:
         return {"name": self.name}
 
@@ -75,6 +81,13 @@ class AdaptiveWeighting:
             self.prev = losses.clone()
         self.weights = self.weights * (self.total / self.weights.sum())
         return self.weights
+
+    def snapshot(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Device copies of the state (no host sync), to undo an update whose losses were not finite."""
+        return self.weights, self.prev, self.buffer.clone()
+
+    def restore(self, snap: tuple[Tensor, Tensor, Tensor]) -> None:
+        self.weights, self.prev, self.buffer = snap
 
     def state_dict(self) -> dict:
         return {"name": self.name, "weights": self.weights.cpu(), "prev": self.prev.cpu(),

@@ -18,7 +18,7 @@ from ..config import Config, ConfigError
 from ..tasks import TASK_CHANNELS_FIXED
 from .errors import DatasetError
 
-__all__ = ["DatasetError", "DatasetInfo", "build_dataset", "dataset_info", "dataset_tasks"]
+__all__ = ["DatasetError", "DatasetInfo", "build_dataset", "dataset_info", "dataset_tasks", "verify_dataset"]
 
 
 @dataclass
@@ -102,3 +102,13 @@ def build_dataset(cfg: Config, split: str) -> Dataset:
 
         return Taskonomy(_root(cfg), split, tasks, cfg.crop_size, skip_bad=cfg.skip_bad_samples)
     raise ConfigError(f"--dataset {cfg.dataset} is not known; choose synthetic, nyuv2 or taskonomy")
+
+
+def verify_dataset(dataset: Dataset) -> None:
+    """Fail now, not mid-run: every listed file of a file-backed split exists and its first sample decodes.
+
+    A no-op for the synthetic scenes, and under ``--skip_bad_samples`` (bad samples are then skipped and counted).
+    """
+    verify = getattr(dataset, "verify", None)
+    if verify is not None:
+        verify()

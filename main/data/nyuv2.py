@@ -105,6 +105,10 @@ class NYUv2(FileDataset):
         self.normals = normals
         super().__init__(root, split, tasks, crop_size, skip_bad, augment)
 
+    def needed_fields(self) -> set[str]:
+        task_field = {"segment_semantic": "seg", "normal": "normal", "depth_zbuffer": "depth"}
+        return {"img"} | {task_field[t] for t in self.tasks}
+
     def _decode(self, entry: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The image and the raw labels of the requested tasks, checked for matching sizes."""
         img_rel, seg_rel, normal_rel, depth_rel = entry

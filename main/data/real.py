@@ -17,6 +17,7 @@ reproduces those pieces with Pillow and numpy only:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,39 @@ class FileDataset(Dataset):
         self.entries = split_entries(index, self.root / self.INDEX_NAME, self.split_key, self.FIELDS)
         self.base = self.files_base(self.root, self.split_key, self.entries)
         self.bad: dict[int, str] = {}
+
+    def verify(self) -> None:
+        """Every file the requested tasks need exists, and the first sample decodes; else ``DatasetError``.
+
+        Run before training so a damaged folder fails before anything is written.  Existence is checked with
+        one directory listing per folder (cheap even for Taskonomy's hundreds of thousands of files); decoding
+        every sample is ``python -m main.data.check``'s job.  Skipped under ``skip_bad``.
+        """
+        if self.skip_bad:
+            return
+        columns = [i for i, f in enumerate(self.FIELDS) if f in self.needed_fields()]
+        listings: dict[str, set[str]] = {}
+        missing: list[str] = []
+        for entry in self.entries:
+            for c in columns:
+                folder, name = os.path.split(os.path.join(self.base, entry[c]))
+                if folder not in listings:
+                    try:
+                        listings[folder] = set(os.listdir(folder))
+                    except OSError:
+                        listings[folder] = set()
+                if name not in listings[folder] and not os.path.isfile(os.path.join(folder, name)):
+                    missing.append(os.path.join(folder, name))
+        if missing:
+            total = len(self.entries) * len(columns)
+            raise DatasetError(f"{missing[0]}: listed in the index but missing ({len(missing)} of {total} files of "
+                               f"the {self.split} split missing); restore the files or fix the index "
+                               "(or pass --skip_bad_samples)")
+        self.__getitem__(0)  # decodes the first sample: wrong modes and label sizes show up here
+
+    def needed_fields(self) -> set[str]:
+        """The index fields the requested tasks read (all of them unless a subclass says otherwise)."""
+        return set(self.FIELDS)
 
     def index_split(self, index: dict[str, Any]) -> str:
         """The index's key for ``self.split`` (the reference validated on the test split)."""

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..config import ConfigError
+
 
 class ResumableBatchSampler:
     """Infinite ``batch_sampler`` yielding lists of ``(index, aug_seed)`` keys, starting at ``start_batch``.
@@ -24,8 +26,8 @@ class ResumableBatchSampler:
                  world_size: int = 1) -> None:
         global_batch = batch_size * world_size
         if num_samples < global_batch:
-            raise ValueError(f"the training split has {num_samples} samples, fewer than one batch of "
-                             f"{global_batch}; lower --batch_size")
+            raise ConfigError(f"the training split has {num_samples} samples, fewer than one batch of "
+                              f"{global_batch}; lower --batch_size")
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed

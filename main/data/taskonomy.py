@@ -145,6 +145,12 @@ class Taskonomy(FileDataset):
             return "test_small"
         return "test"
 
+    def needed_fields(self) -> set[str]:
+        # normal reads the depth file too (its validity mask)
+        per_task = {"segment_semantic": {"seg"}, "normal": {"normal", "depth"}, "depth_zbuffer": {"depth"},
+                    "keypoints2d": {"keypoint"}, "edge_texture": {"edge"}}
+        return {"img"}.union(*(per_task[t] for t in self.tasks))
+
     @staticmethod
     def files_base(root: Path, split_key: str, entries: list[list[str]]) -> Path:
         """``root/train`` or ``root/test`` when the index is relative to it (AdaShare's), else ``root``."""
