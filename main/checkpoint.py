@@ -58,8 +58,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if found is None:
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt; use another file") from None
         raise CheckpointError(
-            f"refusing to load {path}: it contains pickled code or objects ({found.group(1)}), not just "
-            "tensors and plain types; only load checkpoints written by this code") from None
+            f"refusing to load {path}: it contains pickled code or objects ({found.group(1)}) that could run on "
+            "load; use a checkpoint written by this code, or re-save yours as a plain dict of tensors") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError):
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt; use another file") from None
     if not isinstance(state, dict) or "state_dict" not in state:
