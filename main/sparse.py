@@ -24,15 +24,48 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class _SoftThreshold(torch.autograd.Function):
+    """``W − clamp(W, −tau, tau)`` with a hand-written backward.
+
+    Autograd's backward of a clamp with tensor bounds runs about a dozen full passes over the weight (two
+    ``where``, ``le``/``ge``/``logical_and``, ``gt``/``lt``, ``logical_or``, two reductions and the
+    accumulation into W's gradient); here it is one mask and three ``where``.  The results are bit-identical
+    to autograd's: W gets ``g`` where ``|W| > tau`` and +0 elsewhere (autograd's ``g + (−g)``), and tau gets
+    ``Σ_{W<−tau} g − Σ_{W>tau} g``, the same two full-shape sums autograd forms (negation is exact).  The
+    kept set is read off the output, W_eff ≠ 0 ⇔ |W| > tau (a float difference is zero only for equal
+    operands), so nothing but W_eff is saved.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, tau: Tensor) -> Tensor:  # noqa: D102
+        out = weight - torch.clamp(weight, -tau, tau)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # noqa: D102
+        (out,) = ctx.saved_tensors
+        zero = grad.new_zeros(())
+        grad_w = torch.where(out != 0, grad, zero) if ctx.needs_input_grad[0] else None
+        grad_tau = None
+        if ctx.needs_input_grad[1]:
+            pos = torch.where(out > 0, grad, zero).sum()
+            neg = torch.where(out < 0, grad, zero).sum()
+            grad_tau = neg - pos
+        return grad_w, grad_tau
+
+
 def soft_threshold(weight: Tensor, tau: Tensor) -> Tensor:
-    """``sign(W)·relu(|W| − tau)``, written as ``W − clamp(W, −tau, tau)``.
+    """``sign(W)·relu(|W| − tau)``, computed as ``W − clamp(W, −tau, tau)``.
 
     Both forms give bit-identical values and the same gradients (1[|W| > tau] for W, −sign(W)·1[|W| > tau]
     for tau) but the clamp form needs two kernels instead of five, which matters because it runs on every
-    thresholded weight in every forward pass.
+    thresholded weight in every forward pass; the backward is ``_SoftThreshold``'s.
     """
     tau = tau.to(weight.dtype)
-    return weight - torch.clamp(weight, -tau, tau)
+    if not (weight.requires_grad or tau.requires_grad) or not torch.is_grad_enabled():
+        return weight - torch.clamp(weight, -tau, tau)
+    return _SoftThreshold.apply(weight, tau)
 
 
 class SoftThresholdConv2d(nn.Conv2d):
