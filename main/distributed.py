@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -61,11 +62,29 @@ def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return out / info.world_size
 
 
+def gather_objects(obj: object, info: DistInfo) -> list:
+    """Every rank's ``obj`` (e.g. its RNG state), in rank order, on every rank."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave the group together: a rank tearing down while another still talks to it aborts the other.
+
+    Called from ``finally`` blocks: while an exception propagates the barrier is skipped, since the other ranks
+    may be stuck in a different collective and would never reach it.
+    """
     if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if sys.exc_info()[0] is None:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()

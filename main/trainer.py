@@ -28,7 +28,7 @@ from .checkpoint import (
 from .config import Config
 from .data import DatasetInfo
 from .data.sampler import ResumableBatchSampler
-from .distributed import DistInfo, all_reduce_mean, barrier
+from .distributed import DistInfo, all_reduce_mean, barrier, gather_objects
 from .errors import UserError
 from .evaluation import NYUV2_REFERENCE_SCORES, selection_score
 from .masks import MaskSet
@@ -105,6 +105,7 @@ class Trainer:
                                          cfg.adaptive_total)
         self.priority = torch.tensor(cfg.priority or [1.0] * len(self.tasks), device=device)
         self.counter = SparsityCounter(self.model.components())
+        self.counter.record_forward_counts(self.sparse)
         self.train_set = train_set
         self.val_set = val_set
         self.iteration = 0  # completed iterations
@@ -130,7 +131,7 @@ class Trainer:
             self.masks.apply()
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
+    def state_dict(self, rng_ranks: list | None = None) -> dict:
         return {
             "iter": self.iteration,
             "state_dict": self.model.state_dict(),
@@ -139,6 +140,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "weighting": self.weighting.state_dict(),
             "rng": rng_state(),
+            "rng_ranks": rng_ranks,
             "best": self.best,
             "masks": self.masks.state_dict() if self.masks is not None else None,
             "version": CHECKPOINT_VERSION,
@@ -163,7 +165,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.weighting.load_state_dict(state["weighting"])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        same_world = ranks is not None and len(ranks) == self.dist.world_size
+        set_rng_state(ranks[self.dist.rank] if same_world else state["rng"])
         self.best = state.get("best")
         if state.get("masks") is not None:
             masks = MaskSet(self.model)
@@ -176,7 +180,7 @@ class Trainer:
         self.load_model_weights(state, source)
         self.model.reset_thresholds(self.cfg.sInit_value)
 
-    def save(self, best: bool = False) -> Path:
+    def save(self, best: bool = False, rng_ranks: list | None = None) -> Path:
         """Write the latest (or best) checkpoint; never one holding a NaN / Inf parameter."""
         bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
@@ -187,7 +191,7 @@ class Trainer:
         if best:
             atomic_save(self.state_dict(), path)
         else:
-            save_with_snapshots(self.state_dict(), path, self.iteration, self.cfg.keep_checkpoints)
+            save_with_snapshots(self.state_dict(rng_ranks), path, self.iteration, self.cfg.keep_checkpoints)
         return path
 
     # ------------------------------------------------------------------ loop pieces
@@ -216,7 +220,10 @@ class Trainer:
     def _step_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         preds = self.net(batch["input"])
         losses = torch.stack([task_loss(t, preds[t], batch, self.class_weights) for t in self.tasks])
-        counts = self.counter.count(self.model.taus()) if self.sparse else None
+        # The stop rule's exact per-step count, taken from the effective weights this forward built.
+        counts = None
+        if self.sparse:
+            counts = self.counter.forward_counts() if self.model.sparse else self.counter.count(self.model.taus())
         return preds, losses, counts
 
     def sparsity_report(self) -> SparsityReport:
@@ -298,9 +305,12 @@ class Trainer:
                         self._validate(writer)
                     barrier(self.dist)
                     t_last = time.perf_counter()
-                if self.is_main and (self.iteration % cfg.save_iters == 0 or self.iteration == cfg.iters):
-                    self.save()
-                    self._write_sparsity_json()
+                if self.iteration % cfg.save_iters == 0 or self.iteration == cfg.iters:
+                    # every rank's RNG (dropout streams differ per rank) so a DDP resume is exact on all ranks
+                    rng_ranks = gather_objects(rng_state(), self.dist) if self.dist.enabled else None
+                    if self.is_main:
+                        self.save(rng_ranks=rng_ranks)
+                        self._write_sparsity_json()
         finally:
             bar.close()
             writer.close()

@@ -87,3 +87,25 @@ def test_ddp_ranks_stay_identical_and_match_a_single_process(tmp_path, tiny_flag
     cosine = float(d_ddp @ d_single / (d_ddp.norm() * d_single.norm()))
     print(f"update cosine DDP vs single process: {cosine:.4f}")
     assert d_ddp.norm() > 0 and cosine >= 0.9, cosine
+
+
+def test_ddp_resume_is_exact_on_every_rank(tmp_path, tiny_flags):
+    """Dropout on: each rank has its own RNG stream, and every rank's is saved and restored."""
+
+    def torchrun(out: Path, *flags: str) -> None:
+        out.mkdir(exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "tests/ddp_worker.py", str(out), *flags], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env=ENV)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    common = tiny_flags + ["--batch_size", "2", "--device", "cpu", "--no-tensorboard", "--save_iters", "2"]
+    torchrun(tmp_path / "full", *common, "--iters", "6", "--save_dir", str(tmp_path / "run_full"))
+    torchrun(tmp_path / "half", *common, "--iters", "3", "--save_dir", str(tmp_path / "run_half"))
+    torchrun(tmp_path / "half", "--save_dir", str(tmp_path / "run_half"), "--resume", "--iters", "6",
+             "--device", "cpu")
+    for rank in (0, 1):
+        a = torch.load(tmp_path / "full" / f"rank{rank}.pt", weights_only=True)
+        b = torch.load(tmp_path / "half" / f"rank{rank}.pt", weights_only=True)
+        for k in a:
+            assert torch.equal(a[k], b[k]), (rank, k)
