@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     params = result["params"]
     print(f"parameters: {params['nonzero']:,} non-zero of {params['total']:,} "
           f"(overall thresholded-weight sparsity {100 * result['sparsity']['overall']:.2f}%)")
+    flops = result["flops"]
+    print(f"conv FLOPs per input: {flops['nonzero']:,} on non-zero weights of {flops['dense']:,} dense "
+          f"({flops['nonzero'] / max(flops['dense'], 1):.3f}×)")
     if ns.json:
         Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
         Path(ns.json).write_text(json.dumps(result, indent=1))

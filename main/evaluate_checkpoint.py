@@ -42,6 +42,40 @@ def param_counts(model: MultiTaskModel, report: SparsityReport) -> dict[str, int
     return {"total": total, "nonzero": nonzero + report.nonzero}
 
 
+@torch.no_grad()
+def conv_flops(model: MultiTaskModel, input_shape: tuple[int, ...], device: torch.device) -> dict[str, int]:
+    """Convolution FLOPs of one forward pass of ONE input of ``input_shape`` (C, H, W), counted by hooks.
+
+    Every ``nn.Conv2d`` counts 2 FLOPs (multiply + add) per multiply-accumulate: ``dense`` charges every
+    weight, ``2·numel(W)·H_out·W_out`` (``numel`` of a grouped conv's weight is already C_out·C_in/groups·k·k),
+    ``nonzero`` only the non-zero EFFECTIVE weights (soft-thresholded where thresholds are on),
+    ``2·nnz(W_eff)·H_out·W_out``: the work a zero-skipping kernel would do.  Biases, BatchNorm, activations,
+    pooling and upsampling are not counted; padding positions are charged like interior ones.
+    """
+    dense = nonzero = 0
+    taus = model.taus() if model.sparse else {}
+    tau_of = {id(conv): taus.get(name) for name, convs in model._component_convs.items() for conv in convs}
+
+    def hook(conv: torch.nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal dense, nonzero
+        positions = output.shape[-2] * output.shape[-1]
+        tau = tau_of.get(id(conv))
+        weight = conv.effective_weight(tau) if tau is not None else conv.weight
+        dense += 2 * conv.weight.numel() * positions
+        nonzero += 2 * int(torch.count_nonzero(weight)) * positions
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {"dense": dense, "nonzero": nonzero}
+
+
 def load_reference(path: str, tasks: tuple[str, ...], directions: dict[str, dict[str, int]] | None = None) -> dict:
     """A dense model's test.py JSON, checked against this model's tasks (and, given ``directions``, metrics)."""
     try:
@@ -112,5 +146,6 @@ def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *,
         "sparsity": {k: sparsity[k] for k in ("overall", "components", "layers")},
         "delta_t": delta,
         "params": param_counts(model, report),
+        "flops": conv_flops(model, tuple(dataset[0]["input"].shape), device),
         "thresholds": {c: float(t.detach()) for c, t in model.taus().items()} if model.sparse else None,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from main.sparse import SoftThresholdConv2d, SparsityCounter, soft_threshold
@@ -55,3 +56,80 @@ def test_counter_counts_exactly_what_the_threshold_keeps():
     assert abs(report.overall - (1 - sum(expected) / total)) < 1e-12
     assert report.components["head"] == (expected[1], b.weight.numel())
     assert set(report.layer_sparsity()) == {"backbone.", "head."}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(-1).view(torch.int32)
+
+
+def test_hand_written_backward_is_bit_identical_to_autograd_on_a_whole_model(monkeypatch):
+    """The custom soft-threshold backward (a speed fix) changes no gradient bit, tau's included."""
+    import copy
+
+    import main.sparse as sparse_mod
+    from main.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet34", {"segment_semantic": 5, "normal": 3}, 0.0625, -4.0).train()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # exact ties |W| == tau and zero weights take the edge of every mask
+        for conv in model._component_convs["backbone"][:3]:
+            conv.weight.view(-1)[:4] = model.taus()["backbone"]
+            conv.weight.view(-1)[4:8] = 0.0
+
+    def grads(reference: bool) -> dict[str, torch.Tensor]:
+        m = copy.deepcopy(model)
+        if reference:
+            monkeypatch.setattr(sparse_mod, "soft_threshold",
+                                lambda w, t: w - torch.clamp(w, -t.to(w.dtype), t.to(w.dtype)))
+        torch.manual_seed(1)
+        out = m(x)
+        sum(v.square().mean() for v in out.values()).backward()
+        monkeypatch.undo()
+        return {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+    ref, new = grads(True), grads(False)
+    assert ref.keys() == new.keys() and any(n.startswith("thresholds.") for n in ref)
+    for name in ref:
+        assert torch.equal(_bits(ref[name]), _bits(new[name])), name
+
+
+def test_forward_counts_equal_the_tau_count_and_are_never_stale():
+    from main.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet34", {"segment_semantic": 5}, 0.0625, -4.0).train()
+    counter = SparsityCounter(model.components())
+    counter.record_forward_counts(True)
+    model(torch.randn(2, 3, 32, 32))
+    assert torch.equal(counter.forward_counts(), counter.count(model.taus()))
+    with pytest.raises(RuntimeError, match="recorded no count"):
+        counter.forward_counts()  # consumed: a second read without a forward is refused
+
+
+def test_conv_flops_count_dense_and_nonzero_macs():
+    from main.evaluate_checkpoint import conv_flops
+    from main.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet34", {"normal": 3}, 0.0625, -30.0).eval()
+    model.set_sparse(False)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    out_hw = {}
+    handles = [c.register_forward_hook(lambda m, i, o: out_hw.__setitem__(m, o.shape[-2] * o.shape[-1]))
+               for c in convs]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    for h in handles:
+        h.remove()
+    expected = sum(2 * c.weight.numel() * out_hw[c] for c in convs)
+    with torch.no_grad():
+        convs[0].weight.zero_()  # dense storage with zeros: nonzero skips exactly that layer
+    flops = conv_flops(model, (3, 32, 32), torch.device("cpu"))
+    assert flops["dense"] == expected
+    assert flops["nonzero"] == expected - 2 * convs[0].weight.numel() * out_hw[convs[0]]
+    model.set_sparse(True)
+    with torch.no_grad():
+        model.thresholds["backbone"].fill_(0.0)  # tau = 0.5 removes every backbone weight
+    sparse = conv_flops(model, (3, 32, 32), torch.device("cpu"))
+    assert sparse["dense"] == expected and sparse["nonzero"] < flops["nonzero"]

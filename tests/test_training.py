@@ -39,15 +39,16 @@ def test_train_then_test_json_and_delta(tmp_path, tiny_flags, capsys):
                              "--json", str(tmp_path / "s.json"), "--progress", "off"]) == 0
     d = json.loads((tmp_path / "d.json").read_text())
     s = json.loads((tmp_path / "s.json").read_text())
-    for key in ("checkpoint", "dataset", "architecture", "metrics", "sparsity", "delta_t", "params"):
+    for key in ("checkpoint", "dataset", "architecture", "metrics", "sparsity", "delta_t", "params", "flops"):
         assert key in s
     assert d["delta_t"] is None and d["sparsity"]["overall"] == 0.0
     assert set(s["sparsity"]["components"]) == {"backbone", "segment_semantic", "normal", "depth_zbuffer"}
     assert 0.0 < s["sparsity"]["overall"] < 1.0
     assert set(s["delta_t"]["tasks"]) == {"segment_semantic", "normal", "depth_zbuffer"}
     assert s["params"]["nonzero"] < s["params"]["total"] == d["params"]["total"]
+    assert s["flops"]["nonzero"] < s["flops"]["dense"] == d["flops"]["dense"] == d["flops"]["nonzero"]
     out = capsys.readouterr().out
-    assert "Δ_T" in out and "mIoU" in out
+    assert "Δ_T" in out and "mIoU" in out and "conv FLOPs per input" in out
 
 
 def test_resume_is_exact(tmp_path, tiny_flags):

@@ -1,0 +1,123 @@
+"""Training-step cost of AdapMTL's soft thresholds against the same model trained dense, printed as JSON.
+
+One step = what ``Trainer.train`` does per iteration: forward, per-task losses, (AdapMTL only) the on-device
+per-layer sparsity count the stop rule reads, the one-transfer step flags, backward and the Adam step, on the
+same pre-loaded batch.  Dense is the same model with ``set_sparse(False)``.  After a warm-up, dense and sparse
+steps are interleaved (alternating which goes first) so machine noise hits both alike; the medians and their
+ratio come from one run.  Configs: the CPU preset (resnet34, width 0.125, 96×96, batch 8) and ResNet34 at
+width 1 on 64×64, batch 4; each also on CUDA when a GPU is visible (timed with ``torch.cuda.synchronize``).
+
+    python bench/step_overhead.py [--repeats 15] [--warmup 3] [--configs preset full] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from main.config import Config  # noqa: E402
+from main.runner import build_trainer  # noqa: E402
+from main.trainer import Trainer, _StepFlags  # noqa: E402
+from main.validation import to_device  # noqa: E402
+
+CONFIGS = {
+    "preset": {"width_mult": 0.125, "crop_size": 96, "batch_size": 8},
+    "full": {"width_mult": 1.0, "crop_size": 64, "batch_size": 4},
+}
+
+
+def make_trainer(name: str, device: str, save_dir: str) -> Trainer:
+    cfg = Config(**CONFIGS[name], train_size=16, val_size=8, test_size=8, device=device, save_dir=save_dir,
+                 tensorboard=False, progress="off", overwrite=True).validate()
+    return build_trainer(cfg)
+
+
+def set_mode(tr: Trainer, sparse: bool) -> None:
+    tr.model.set_sparse(sparse)
+    tr.sparse = sparse
+    tr.counter.record_forward_counts(sparse)
+
+
+def train_step(tr: Trainer, batch: dict, limit: float) -> None:
+    """The per-iteration work of ``Trainer.train`` (weighting fixed: equal weights)."""
+    _, losses, counts = tr._step_losses(batch)
+    flags = _StepFlags(losses.detach(), counts, limit)
+    total = losses.sum()
+    tr.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    flags.get()
+    tr.optimizer.step()
+
+
+def timed(tr: Trainer, batch: dict, limit: float, sparse: bool, cuda: bool) -> float:
+    set_mode(tr, sparse)
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    train_step(tr, batch, limit)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def measure(name: str, device: str, repeats: int, warmup: int, profile: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        tr = make_trainer(name, device, tmp)
+        tr.model.train()
+        batch = to_device(next(iter(tr._train_loader())), tr.device)
+        limit = tr._threshold_count_limit()
+        cuda = tr.device.type == "cuda"
+        for _ in range(warmup):
+            for sparse in (False, True):
+                timed(tr, batch, limit, sparse, cuda)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(repeats):
+            for sparse in ((False, True) if i % 2 == 0 else (True, False)):
+                times[sparse].append(timed(tr, batch, limit, sparse, cuda))
+        out = {"device": str(tr.device), **CONFIGS[name],
+               "dense_ms": 1e3 * statistics.median(times[False]),
+               "adapmtl_ms": 1e3 * statistics.median(times[True]),
+               "conv_layers": len(tr.counter.layers), "repeats": repeats}
+        out["ratio"] = out["adapmtl_ms"] / out["dense_ms"]
+        if profile:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as tprofile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            for sparse in (False, True):
+                set_mode(tr, sparse)
+                with tprofile(activities=acts) as prof:
+                    for _ in range(3):
+                        train_step(tr, batch, limit)
+                print(f"== {name} {'adapmtl' if sparse else 'dense'} (3 steps)", file=sys.stderr)
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18), file=sys.stderr)
+        return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables to stderr")
+    ns = parser.parse_args()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = [measure(c, d, ns.repeats, ns.warmup, ns.profile) for d in devices for c in ns.configs]
+    print(json.dumps({"machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                      "torch": torch.__version__, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
