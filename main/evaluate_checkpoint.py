@@ -106,9 +106,15 @@ def load_reference(path: str, tasks: tuple[str, ...], directions: dict[str, dict
 def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *, batch_size: int | None = None,
                         data_root: str | None = None, metric_definitions: str | None = None,
                         reference: str | None = None, show_progress: bool = False) -> dict:
-    state = load_checkpoint(path, map_location="cpu")
     overrides = {k: v for k, v in (("data_root", data_root), ("metric_definitions", metric_definitions)) if v}
-    cfg, model = model_from_checkpoint(state, path, device, overrides)
+    if str(path).endswith(".safetensors"):  # a sparse export (python -m main.export)
+        from .export import model_from_export
+
+        state = {"iter": None}
+        cfg, model = model_from_export(path, device, overrides)
+    else:
+        state = load_checkpoint(path, map_location="cpu")
+        cfg, model = model_from_checkpoint(state, path, device, overrides)
     cfg.validate()
     info = dataset_info(cfg)
     directions = metric_directions(info.metric_style, info.tasks)

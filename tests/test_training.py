@@ -147,3 +147,36 @@ def test_five_task_variant_trains_and_evaluates(tmp_path, tiny_flags):
     res = json.loads((tmp_path / "f.json").read_text())
     assert set(res["sparsity"]["components"]) == {"backbone", *tasks}
     assert res["metrics"]["keypoints2d"].keys() == {"key_err"} and res["metrics"]["edge_texture"].keys() == {"edge_err"}
+
+
+def test_sparse_export_is_compact_exact_and_evaluable(tmp_path, tiny_flags):
+    from main.export import load_export
+    from main.export import main as export_main
+
+    run = tmp_path / "s"
+    # sInit -2.2 -> tau 0.1: over 90% of the weights thresholded away
+    train(tiny_flags + ["--iters", "2", "--save_dir", str(run), "--sInit_value", "-2.2", "--ratio", "0.95"])
+    ckpt = run / CKPT
+    out = tmp_path / "m.safetensors"
+    assert export_main(["--path", str(ckpt), "--out", str(out)]) == 0
+    state = load_checkpoint(ckpt)
+    sparsity = json.loads((run / "sparsity.json").read_text())["overall"]
+    assert sparsity > 0.9
+    # effective weights come back bit-identical
+    from main.runner import model_from_checkpoint
+
+    _, model = model_from_checkpoint(state, str(ckpt), torch.device("cpu"))
+    torch.save(model.state_dict(), tmp_path / "dense_weights.pt")  # the dense fp32 weights alone
+    assert out.stat().st_size <= 0.15 * (tmp_path / "dense_weights.pt").stat().st_size
+    taus = model.taus()
+    _, exported = load_export(out)
+    for comp, module in model.components():
+        for name, conv in module.named_modules():
+            if hasattr(conv, "effective_weight"):
+                prefix = "backbone" if comp == "backbone" else f"heads.{comp}"
+                assert torch.equal(exported[f"{prefix}.{name}.weight"], conv.effective_weight(taus[comp]).detach())
+    a = test_script.main(["--path", str(ckpt), "--json", str(tmp_path / "a.json"), "--progress", "off"])
+    b = test_script.main(["--path", str(out), "--json", str(tmp_path / "b.json"), "--progress", "off"])
+    assert a == b == 0
+    ja, jb = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert ja["metrics"] == jb["metrics"] and ja["sparsity"]["overall"] == jb["sparsity"]["overall"]

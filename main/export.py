@@ -1,0 +1,122 @@
+"""Sparse export: the effective weights of a checkpoint, stored compactly in one safetensors file.
+
+AdapMTL keeps dense weights plus a threshold and applies ``sign(W)·relu(|W| − τ)`` in every forward, so a
+checkpoint is as large as a dense one.  The export bakes the thresholds (or hard masks: pruned weights are
+already zero), then stores every prunable conv weight as a packed bitmask of its non-zeros plus the non-zero
+values, and every other tensor as is.  Thresholds and optimiser state are dropped.  The config travels in the
+metadata, so ``test.py --path FILE.safetensors`` evaluates the export directly.
+
+    python -m main.export --path RUN/segment_semantic_normal_depth_zbuffer.model --out model.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import Config
+from .errors import cli_main
+from .masks import prunable_weights
+from .models import MultiTaskModel, build_model
+from .runner import model_from_checkpoint
+
+FORMAT = "adapmtl-sparse-v1"
+
+
+def _pack(weight: Tensor) -> tuple[Tensor, Tensor]:
+    nonzero = (weight != 0).flatten().numpy()
+    return torch.from_numpy(np.packbits(nonzero)), weight.flatten()[torch.from_numpy(nonzero)].clone()
+
+
+def _unpack(bits: Tensor, values: Tensor, shape: list[int]) -> Tensor:
+    n = int(np.prod(shape))
+    nonzero = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool))
+    out = torch.zeros(n, dtype=values.dtype)
+    out[nonzero] = values
+    return out.view(shape)
+
+
+def export_model(model: MultiTaskModel, cfg: Config, out: str | Path) -> dict:
+    """Write ``model``'s effective weights to ``out``; returns size information."""
+    from safetensors.torch import save_file
+
+    model = model.cpu()
+    model.bake_thresholds()
+    packed = [w.param for w in prunable_weights(model)]
+    param_names = {id(p): n for n, p in model.named_parameters()}
+    tensors: dict[str, Tensor] = {}
+    shapes: dict[str, list[int]] = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("thresholds."):
+            continue
+        tensors[key] = value.detach().contiguous()
+    for param in packed:
+        key = param_names[id(param)]
+        bits, values = _pack(param.detach())
+        del tensors[key]
+        tensors[f"{key}::bits"], tensors[f"{key}::values"] = bits, values
+        shapes[key] = list(param.shape)
+    cfg.dense = True
+    metadata = {"format": FORMAT, "config": json.dumps(cfg.to_dict()), "shapes": json.dumps(shapes)}
+    save_file(tensors, str(out), metadata=metadata)
+    return {"file_bytes": Path(out).stat().st_size, "packed_layers": len(shapes)}
+
+
+def load_export(path: str | Path) -> tuple[Config, dict[str, Tensor]]:
+    """(config, dense state dict of effective weights, thresholds omitted) from an export."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path} is not a readable safetensors export ({e}); re-export it") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an export of this project (format {meta.get('format')!r})")
+    cfg = Config.from_dict(json.loads(meta["config"]), source=str(path))
+    state = {k: v for k, v in tensors.items() if "::" not in k}
+    for key, shape in json.loads(meta["shapes"]).items():
+        state[key] = _unpack(tensors[f"{key}::bits"], tensors[f"{key}::values"], shape)
+    return cfg, state
+
+
+def model_from_export(path: str | Path, device: torch.device, overrides: dict | None = None):
+    """Rebuild a dense-storage model holding the exported effective weights."""
+    from .data import dataset_info
+
+    cfg, state = load_export(path)
+    for key, value in (overrides or {}).items():
+        setattr(cfg, key, value)
+    info = dataset_info(cfg)
+    model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, cfg.sInit_value, sparse=False,
+                        head_dropout=cfg.head_dropout)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("thresholds.") for k in missing):
+        raise CheckpointError(f"{path} does not fit the model its config describes")
+    return cfg, model.to(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a checkpoint's effective weights compactly.")
+    parser.add_argument("--path", required=True, help="checkpoint (.model)")
+    parser.add_argument("--out", required=True, help="output .safetensors file")
+    ns = parser.parse_args(argv)
+    state = load_checkpoint(ns.path)
+    cfg, model = model_from_checkpoint(state, ns.path, torch.device("cpu"))
+    info = export_model(model, cfg, ns.out)
+    dense = Path(ns.path).stat().st_size
+    print(f"wrote {ns.out}: {info['file_bytes']:,} bytes ({100 * info['file_bytes'] / dense:.1f}% of the "
+          f"checkpoint's {dense:,}; {info['packed_layers']} conv weights packed as bitmask + values)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main(main))
