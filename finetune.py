@@ -14,12 +14,9 @@ BatchNorm gamma and beta at zero (``ChannelMasks``), on a fresh start and on --r
 from __future__ import annotations
 
 from args import parse_finetune_args
-from main.checkpoint import CheckpointError, load_checkpoint
-from main.config import Config
 from main.distributed import cleanup, init_distributed
 from main.errors import cli_main
-from main.masks import MaskSet
-from main.runner import build_trainer
+from main.runner import build_masked_trainer, build_trainer
 from SOTA_methods.structured import ChannelMasks
 
 
@@ -28,25 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     explicit = getattr(cfg, "explicit", set())
     dist_info, device = init_distributed(cfg.device)
     try:
-        state = None
-        if not cfg.resume:
-            state = load_checkpoint(ckpt)
-            if not isinstance(state.get("config"), dict):
-                raise CheckpointError(f"{ckpt} carries no config; pass a checkpoint written by pruning.py, "
-                                      "baseline.py or finetune.py")
-            base = Config.from_dict(state["config"], source=ckpt)
-            for key in explicit:
-                setattr(base, key, getattr(cfg, key))
-            base.dense, base.reload, base.resume = True, ckpt, False
-            cfg = base.validate()
-        trainer = build_trainer(cfg, explicit, dist_info, device)
-        if state is not None:
-            masks = MaskSet(trainer.model)
-            if state.get("masks") is not None:
-                masks.load_state_dict(state["masks"])
-            else:
-                masks = MaskSet.from_weights(trainer.model)
-            trainer.set_masks(masks)
+        if cfg.resume:  # the checkpoint in --save_dir carries the masks
+            state = None
+            trainer = build_trainer(cfg, explicit, dist_info, device)
+        else:
+            trainer, state = build_masked_trainer(ckpt, cfg, explicit, dist_info, device)
         if trainer.masks is not None:  # structurally pruned filters: keep their BatchNorm gamma and beta at zero
             ChannelMasks.from_checkpoint(trainer.model, state, trainer.masks).attach(trainer)
         trainer.train()

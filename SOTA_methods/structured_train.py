@@ -28,12 +28,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from main.checkpoint import atomic_save, load_checkpoint
-from main.config import Config, ConfigError
+from main.checkpoint import atomic_save
+from main.config import ConfigError
 from main.distributed import all_reduce_mean, cleanup, init_distributed
 from main.errors import cli_main
-from main.masks import MaskSet
-from main.runner import build_trainer
+from main.runner import build_masked_trainer
 from main.trainer import checkpoint_name
 
 from .structured import (
@@ -176,19 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     explicit = getattr(cfg, "explicit", set())
     dist_info, device = init_distributed(cfg.device)
     try:
-        state = load_checkpoint(ckpt)
-        base = Config.from_dict(state["config"], source=ckpt)
-        for key in explicit:
-            setattr(base, key, getattr(cfg, key))
-        base.dense, base.reload, base.resume = True, ckpt, False
-        cfg = base.validate()
-        trainer = build_trainer(cfg, explicit, dist_info, device)
-        masks = MaskSet(trainer.model)
-        if state.get("masks") is not None:
-            masks.load_state_dict(state["masks"])
-        else:
-            masks = MaskSet.from_weights(trainer.model)
-        trainer.set_masks(masks)
+        trainer, state = build_masked_trainer(ckpt, cfg, explicit, dist_info, device)
+        cfg = trainer.cfg
         channels = ChannelMasks.from_checkpoint(trainer.model, state, trainer.masks).to(trainer.device)
         channels.attach(trainer)
         if channels not in trainer.step_hooks:  # nothing pruned yet: still enforce once pruning starts

@@ -205,3 +205,31 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device,
                               f"({str(e).splitlines()[0]})") from None
     model.set_sparse(not cfg.dense)
     return cfg, model.to(device)
+
+
+def build_masked_trainer(checkpoint: str, cfg: Config, explicit: set[str], dist_info: DistInfo | None = None,
+                         device: torch.device | None = None) -> tuple[Trainer, dict]:
+    """A new hard-masked run from a (pruned) checkpoint: its config with the given flags on top, masks enforced.
+
+    What ``finetune.py`` and the structured-pruning schedule share: the checkpoint's weights (dense storage, no
+    soft thresholds), a fresh optimiser and schedule, and the stored masks (or, for a checkpoint without masks,
+    its zero weights) zeroing gradients and re-zeroing weights after every step.
+    """
+    from .masks import MaskSet
+
+    state = load_checkpoint(checkpoint)
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{checkpoint} carries no config; pass a checkpoint written by pruning.py, "
+                              "baseline.py or finetune.py")
+    base = Config.from_dict(state["config"], source=checkpoint)
+    for key in explicit:
+        setattr(base, key, getattr(cfg, key))
+    base.dense, base.reload, base.resume = True, checkpoint, False
+    trainer = build_trainer(base.validate(), explicit, dist_info, device)
+    masks = MaskSet(trainer.model)
+    if state.get("masks") is not None:
+        masks.load_state_dict(state["masks"])
+    else:
+        masks = MaskSet.from_weights(trainer.model)
+    trainer.set_masks(masks)
+    return trainer, state
