@@ -1,0 +1,1 @@
+"""Benchmarks and plotting helpers for comparing runs (not needed for training)."""
