@@ -123,7 +123,7 @@ def compact_model(model: MultiTaskModel, channels: ChannelMasks) -> MultiTaskMod
         idx = keep.nonzero().flatten().to(next(work.parameters()).device)
         _shrink_unit(work, unit, idx)
     # Rebuild the wrapper so its per-component conv lists point at the new modules.
-    small = MultiTaskModel(work.backbone, dict(work.heads), sparse=False)
+    small = MultiTaskModel(work.backbone, dict(work.heads), sparse=False, threshold_scope=work.threshold_scope)
     with torch.no_grad():
         for name, s in work.thresholds.items():
             small.thresholds[name].copy_(s)
@@ -181,7 +181,8 @@ def load_pruned(path: str, device: torch.device | str = "cpu") -> tuple[dict, Mu
     except KeyError:
         raise CheckpointError(f"{path}: its state dict has no ASPP head classifier for every task") from None
     model = build_model(cfg["architecture"], task_channels, cfg["width_mult"], sparse=not cfg.get("dense", False),
-                        head_dropout=cfg.get("head_dropout", 0.5))
+                        head_dropout=cfg.get("head_dropout", 0.5),
+                        threshold_scope=cfg.get("threshold_scope", "component"))
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:

@@ -37,7 +37,8 @@ def load_source(cfg: Config, checkpoint: str | None,
     else:
         info = dataset_info(cfg)
         model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, cfg.sInit_value,
-                            sparse=not cfg.dense, head_dropout=cfg.head_dropout).to(device)
+                            sparse=not cfg.dense, head_dropout=cfg.head_dropout,
+                            threshold_scope=cfg.threshold_scope).to(device)
         masks = None
     model.bake_thresholds()
     cfg.dense = True

@@ -64,6 +64,18 @@ class Config:
     sInit_type: str = _f("constant", "sparsity", "only 'constant' (kept for reference scripts)")
     sparse_function: str = _f("sigmoid", "sparsity", "only 'sigmoid' (kept for reference scripts)")
     ratio: float = _f(0.9, "sparsity", "target overall sparsity in (0, 1): thresholds freeze while reached")
+    sparsity_control: str = _f("stop", "sparsity", "stop (reference: thresholds freeze while sparsity >= --ratio; "
+                               "the final sparsity is set by sInit and weight decay) | budget (a controller steers "
+                               "the thresholds to --ratio along a ramp; the split between components stays learned)")
+    budget_ramp: float = _f(0.5, "sparsity", "budget control: fraction of --iters over which the target sparsity "
+                            "ramps (cubically) from the initial sparsity up to --ratio")
+    budget_gain: float = _f(2.0, "sparsity", "budget control: change of every s per step per unit of sparsity error "
+                            "(s moves in log-threshold units; the step is clipped to --budget_max_step)")
+    budget_max_step: float = _f(0.1, "sparsity", "budget control: largest change of s per step")
+    budget_integral: float = _f(0.1, "sparsity", "budget control: integral gain (removes the steady offset that "
+                                "weight decay's shrinking weights leave; 0 = proportional only)")
+    threshold_scope: str = _f("component", "sparsity", "component (AdapMTL: one threshold per backbone / head) | "
+                              "global (ablation: one threshold shared by every component)")
     # -- optimisation
     iters: int = _f(1500, "optimisation", "training iterations")
     lr: float = _f(1e-3, "optimisation", "Adam learning rate")
@@ -80,6 +92,10 @@ class Config:
     seed: int = _f(0, "optimisation", "seed for data order, augmentation, dropout and init")
     max_bad_steps: int = _f(10, "optimisation", "stop after this many consecutive NaN/Inf losses (each is skipped)")
     deterministic: bool = _f(False, "optimisation", "torch.use_deterministic_algorithms (slower on GPU)")
+    amp: str = _f("off", "optimisation", "mixed precision of the forward: off | bf16 | fp16 (fp16 adds loss "
+                  "scaling; on CPU use bf16). Thresholds, sparsity counts, losses and weights stay fp32")
+    channels_last: bool = _f(False, "optimisation", "NHWC memory layout for model and inputs (training and "
+                             "evaluation); checkpoints are stored in the usual layout")
     # -- evaluation
     val_iters: int = _f(300, "evaluation", "validate every N iterations (and at the end)")
     metric_definitions: str = _f("parity", "evaluation", "parity (reference metrics) | standard")
@@ -108,8 +124,18 @@ class Config:
         _one_of("--select_by", self.select_by, ("loss", "score"))
         _one_of("--progress", self.progress, ("auto", "on", "off"))
         _one_of("--normals", self.normals, ("parity", "unit"))
+        _one_of("--amp", self.amp, ("off", "bf16", "fp16"))
         _one_of("--sInit_type", self.sInit_type, ("constant",))
         _one_of("--sparse_function", self.sparse_function, ("sigmoid",))
+        _one_of("--sparsity_control", self.sparsity_control, ("stop", "budget"))
+        _one_of("--threshold_scope", self.threshold_scope, ("component", "global"))
+        if not 0.0 <= self.budget_ramp <= 1.0:
+            raise ConfigError(f"--budget_ramp must be a fraction of --iters in [0, 1], got {self.budget_ramp}")
+        if self.budget_integral < 0:
+            raise ConfigError(f"--budget_integral must be >= 0, got {self.budget_integral}")
+        for name in ("budget_gain", "budget_max_step"):
+            if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"--{name} must be a positive number, got {getattr(self, name)}")
         if not self.tasks:
             raise ConfigError("--tasks is empty; name at least one task, e.g. --tasks segment_semantic normal")
         for t in self.tasks:

@@ -127,7 +127,10 @@ def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *,
                           class_weights=info.class_weights)
     class_weights = info.class_weights.to(device) if info.class_weights is not None else None
     batches = progress(loader, desc=f"eval {split}", enabled=show_progress)
-    result = evaluate(model, batches, info.tasks, metrics, device, class_weights)
+    if cfg.channels_last:  # evaluate the way the run trained: NHWC layout and the same autocast
+        model.to(memory_format=torch.channels_last)
+    result = evaluate(model, batches, info.tasks, metrics, device, class_weights, amp=cfg.amp,
+                      channels_last=cfg.channels_last)
     counter = SparsityCounter(model.components())
     report = counter.report(counter.count(model.taus() if model.sparse else None))
     delta = None
@@ -146,6 +149,8 @@ def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *,
         "split": split,
         "iter": state.get("iter"),
         "dense": cfg.dense,
+        "amp": cfg.amp,
+        "channels_last": cfg.channels_last,
         "metric_definitions": cfg.metric_definitions,
         "metrics": result["metrics"],
         "losses": result["losses"],

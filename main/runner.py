@@ -166,7 +166,7 @@ def build_trainer(cfg: Config, explicit: set[str] | None = None, dist_info: Dist
     verify_dataset(train_set)
     verify_dataset(val_set)
     model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, cfg.sInit_value,
-                        sparse=not cfg.dense, head_dropout=cfg.head_dropout)
+                        sparse=not cfg.dense, head_dropout=cfg.head_dropout, threshold_scope=cfg.threshold_scope)
     if state is not None:
         check_fits(model, state, f"{cfg.save_dir}", cfg)
     elif reload_state is not None:
@@ -197,7 +197,7 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device,
         setattr(cfg, key, value)
     info = dataset_info(cfg)
     model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, cfg.sInit_value,
-                        sparse=not cfg.dense, head_dropout=cfg.head_dropout)
+                        sparse=not cfg.dense, head_dropout=cfg.head_dropout, threshold_scope=cfg.threshold_scope)
     try:
         model.load_state_dict(state["state_dict"])
     except (RuntimeError, TypeError, ValueError) as e:

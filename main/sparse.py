@@ -60,16 +60,29 @@ class _SoftThreshold(torch.autograd.Function):
 
 
 def soft_threshold(weight: Tensor, tau: Tensor) -> Tensor:
-    """``sign(W)·relu(|W| − tau)``, computed as ``W − clamp(W, −tau, tau)``.
+    """``sign(W)·relu(|W| − tau)``, computed as ``W − clamp(W, −tau, tau)``, in fp32 (fp64 stays fp64).
 
     Both forms give bit-identical values and the same gradients (1[|W| > tau] for W, −sign(W)·1[|W| > tau]
     for tau) but the clamp form needs two kernels instead of five, which matters because it runs on every
     thresholded weight in every forward pass; the backward is ``_SoftThreshold``'s.
+
+    fp32 on purpose, also under ``--amp``: which weights survive is decided by comparing |W| with a tau that is
+    often ~1e-3..1e-13, and the effective weights feed the fp32 sparsity count of the stop rule.  Autocast is
+    switched off here (none of these ops is on its cast lists today; this keeps it so) and only the conv that
+    consumes the result runs in low precision.  For the fp32 master weights the casts below are no-ops; tau takes
+    the weight's precision as before (fp32, or fp64 for fp64 weights), never less than fp32.
     """
-    tau = tau.to(weight.dtype)
+    if torch.is_autocast_enabled(weight.device.type):
+        with torch.autocast(weight.device.type, enabled=False):
+            return soft_threshold(weight, tau)
+    out_dtype = weight.dtype
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    weight, tau = weight.to(dtype), tau.to(dtype)
     if not (weight.requires_grad or tau.requires_grad) or not torch.is_grad_enabled():
-        return weight - torch.clamp(weight, -tau, tau)
-    return _SoftThreshold.apply(weight, -tau, tau)
+        out = weight - torch.clamp(weight, -tau, tau)
+    else:
+        out = _SoftThreshold.apply(weight, -tau, tau)
+    return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
 class SoftThresholdConv2d(nn.Conv2d):
@@ -108,7 +121,10 @@ def sparse_convs(module: nn.Module) -> list[tuple[str, SoftThresholdConv2d]]:
 
 
 def threshold_value(s: Tensor) -> Tensor:
-    """tau = sigmoid(s), always in fp32: sigmoid(-30) ~ 1e-13 underflows in fp16."""
+    """tau = sigmoid(s), always in fp32 (autocast off): sigmoid(-30) ~ 9e-14 underflows to 0 in fp16."""
+    if torch.is_autocast_enabled(s.device.type):
+        with torch.autocast(s.device.type, enabled=False):
+            return torch.sigmoid(s.float())
     return torch.sigmoid(s.float())
 
 
@@ -175,7 +191,8 @@ class SparsityCounter:
         for cname, _, conv in self.layers:
             w = conv.weight
             if taus is not None and cname in taus:
-                counts.append((w.abs() > taus[cname].to(w.dtype)).sum())
+                dtype = torch.promote_types(w.dtype, torch.float32)  # >= fp32, like soft_threshold
+                counts.append((w.to(dtype).abs() > taus[cname].to(dtype)).sum())
             else:
                 counts.append(torch.count_nonzero(w))
         return torch.stack(counts)

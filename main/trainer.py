@@ -11,6 +11,7 @@ checkpoint files, TensorBoard) is delegated to the modules named in the imports.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,10 +35,14 @@ from .evaluation import NYUV2_REFERENCE_SCORES, selection_score
 from .masks import MaskSet
 from .models import MultiTaskModel
 from .monitor import ScalarWriter, component_tag, get_logger, progress, want_progress
+from .precision import amp_warning, autocast, grad_scaler, predictions_fp32, to_channels_last
 from .sparse import SparsityCounter, SparsityReport
+from .sparsity_control import BudgetController
 from .tasks import TaskMetrics, metric_directions, task_loss
 from .validation import evaluate, to_device
 from .weighting import build_weighting
+
+BUDGET_TOLERANCE = 0.01  # budget control: a checkpoint within 1 pp of --ratio counts as on target
 
 
 class TrainingDiverged(UserError):
@@ -89,6 +94,8 @@ class Trainer:
         self.dist = dist_info or DistInfo()
         self.is_main = self.dist.is_main
         self.model = model.to(device)
+        if cfg.channels_last:  # NHWC conv weights (inputs follow in _step_losses); state dicts are saved NCHW
+            self.model.to(memory_format=torch.channels_last)
         self.model.set_sparse(not cfg.dense)
         self.net: torch.nn.Module = self.model  # what the training forward calls (DDP-wrapped under torchrun)
         if self.dist.enabled:
@@ -101,11 +108,17 @@ class Trainer:
         # Reference: one Adam group, coupled L2 on everything (weights, BN, biases and thresholds).
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.decay_lr_freq, cfg.decay_lr_rate)
+        # --amp fp16 only: loss scaling (fp16 gradients underflow).  A step whose scaled gradients overflow is
+        # skipped by the scaler itself (and the scale lowered); that is not a "bad step" of --max_bad_steps.
+        self.scaler = grad_scaler(cfg.amp, device)
         self.weighting = build_weighting(cfg.task_weighting, self.tasks, cfg.adaptive_begin, cfg.adaptive_window,
                                          cfg.adaptive_total)
         self.priority = torch.tensor(cfg.priority or [1.0] * len(self.tasks), device=device)
         self.counter = SparsityCounter(self.model.components())
         self.counter.record_forward_counts(self.sparse)
+        self.controller = (BudgetController(cfg.ratio, cfg.iters, cfg.budget_ramp, cfg.budget_gain,
+                                            cfg.budget_max_step, sum(self.counter.totals), cfg.budget_integral)
+                           if self.sparse and cfg.sparsity_control == "budget" else None)
         self.train_set = train_set
         self.val_set = val_set
         self.iteration = 0  # completed iterations
@@ -116,6 +129,8 @@ class Trainer:
         self.directions = metric_directions(info.metric_style, self.tasks)
         self.show_progress = self.is_main and want_progress(cfg.progress)
         self.log = get_logger(str(self.save_dir), enabled=self.is_main)
+        if amp_warning(cfg.amp, device):
+            self.log.warning(amp_warning(cfg.amp, device))
         self.last_report: SparsityReport | None = None
         self._val_loader: DataLoader | None = None
         self.bad_steps = 0  # non-finite losses skipped so far (this process)
@@ -134,8 +149,10 @@ class Trainer:
     def state_dict(self, rng_ranks: list | None = None) -> dict:
         return {
             "iter": self.iteration,
-            "state_dict": self.model.state_dict(),
+            # .contiguous(): a no-op except under --channels_last, whose NHWC strides would otherwise be saved
+            "state_dict": {k: v.contiguous() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "scheduler": self.scheduler.state_dict(),
             "config": self.cfg.to_dict(),
             "weighting": self.weighting.state_dict(),
@@ -143,6 +160,7 @@ class Trainer:
             "rng_ranks": rng_ranks,
             "best": self.best,
             "masks": self.masks.state_dict() if self.masks is not None else None,
+            "controller": self.controller.state_dict() if self.controller is not None else None,
             "version": CHECKPOINT_VERSION,
             "torch_version": str(torch.__version__),
         }
@@ -169,6 +187,10 @@ class Trainer:
         same_world = ranks is not None and len(ranks) == self.dist.world_size
         set_rng_state(ranks[self.dist.rank] if same_world else state["rng"])
         self.best = state.get("best")
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.controller is not None:
+            self.controller.load_state_dict(state.get("controller"), self.device)
         if state.get("masks") is not None:
             masks = MaskSet(self.model)
             masks.load_state_dict(state["masks"])
@@ -213,12 +235,29 @@ class Trainer:
                                           pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
         return self._val_loader
 
+    def _scheduler_step(self) -> None:
+        """StepLR counts iterations, skipped steps included (NaN skips and fp16-overflow skips alike).
+
+        With a GradScaler the first optimiser step is often skipped (the initial scale 2**16 overflows), and torch
+        then warns that the scheduler stepped before the optimiser: intended here, so only that warning is muted.
+        """
+        if self.scaler is None:
+            self.scheduler.step()
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
+
     def _threshold_count_limit(self) -> float:
         # sparsity >= ratio  <=>  nonzero <= (1 - ratio) * total
         return (1.0 - self.cfg.ratio) * sum(self.counter.totals)
 
     def _step_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-        preds = self.net(batch["input"])
+        # Under --amp only the network forward runs in low precision; thresholds are fp32 inside it (main.sparse)
+        # and the losses are computed on fp32 predictions.
+        with autocast(self.cfg.amp, self.device):
+            preds = self.net(to_channels_last(batch["input"], self.cfg.channels_last))
+        preds = predictions_fp32(preds)
         losses = torch.stack([task_loss(t, preds[t], batch, self.class_weights) for t in self.tasks])
         # The stop rule's exact per-step count, taken from the effective weights this forward built.
         counts = None
@@ -237,7 +276,7 @@ class Trainer:
             self.log.info(f"nothing to do: the run already completed {self.iteration} of {cfg.iters} iterations")
             return {"iter": self.iteration}
         writer = ScalarWriter(str(self.save_dir) if (self.is_main and cfg.tensorboard) else None,
-                              purge_step=self.iteration or None)
+                              purge_step=self.iteration + 1 if self.iteration else None)
         limit = self._threshold_count_limit()
         loss_acc = torch.zeros(len(self.tasks), device=self.device)
         acc_steps = 0
@@ -258,19 +297,28 @@ class Trainer:
                 weights = self.weighting.update(global_losses, it)
                 total = (losses * weights * self.priority).sum()
                 self.optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                (self.scaler.scale(total) if self.scaler is not None else total).backward()
                 finite, reached = flags.get()
                 if finite:
                     consecutive_bad = 0
+                    if self.scaler is not None:  # true gradients before masking, the stop rule and the step
+                        self.scaler.unscale_(self.optimizer)
                     if self.masks is not None:
                         self.masks.mask_grads()
-                    if reached:  # stop rule: the thresholds skip this step (Adam ignores a None grad)
+                    if reached and self.controller is None:  # stop rule: the thresholds skip this step
+                        # (Adam ignores a None grad)
                         for s in self.model.thresholds.values():
                             s.grad = None
                         frozen_steps += 1
-                    self.optimizer.step()
+                    if self.scaler is not None:  # skips the step if a gradient overflowed in fp16
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                    else:
+                        self.optimizer.step()
                     if self.masks is not None:
                         self.masks.apply()
+                    if self.controller is not None and counts is not None:
+                        self.controller.step(self.model.thresholds, counts, it + 1)
                 else:  # skip the step entirely: no update, and the weighting window never sees the NaN
                     self.weighting.restore(saved_weighting)
                     self.optimizer.zero_grad(set_to_none=True)
@@ -283,7 +331,7 @@ class Trainer:
                             f"the loss was NaN/Inf for {consecutive_bad} consecutive steps (iteration {it + 1}); the "
                             f"last good checkpoint in {self.save_dir} is intact: lower --lr or check the data, "
                             "then --resume")
-                self.scheduler.step()
+                self._scheduler_step()
                 self.iteration = it + 1
                 if finite:
                     for hook in self.step_hooks:
@@ -334,6 +382,8 @@ class Trainer:
         scalars["LR"] = lr
         scalars["time/iter_s"] = sec_per_iter
         scalars["train/bad_steps"] = self.bad_steps
+        if self.scaler is not None:
+            scalars["amp/grad_scale"] = self.scaler.get_scale()
         report = self.sparsity_report()
         self.last_report = report
         for comp, sp in report.component_sparsity().items():
@@ -341,10 +391,11 @@ class Trainer:
         scalars["sparsity/overall_sparsity"] = report.overall
         if self.sparse:
             scalars["sparsity/target"] = self.cfg.ratio
+            if self.controller is not None:
+                scalars["sparsity/budget_target"] = self.controller.target(step)
             scalars["sparsity/frozen_fraction"] = frozen / steps
             taus = {c: float(t.detach()) for c, t in self.model.taus().items()}
-            raw = {c: float(s.detach()) for c, s in self.model.thresholds.items()}
-            scalars["LR/sparseThreshold"] = raw["backbone"]
+            scalars["LR/sparseThreshold"] = float(self.model.threshold_param("backbone").detach())
             for comp, tau in taus.items():
                 scalars[f"threshold/{comp}"] = tau
             for name, sp in report.layer_sparsity().items():
@@ -367,9 +418,16 @@ class Trainer:
             return selection_score(result["metrics"], refs, self.directions)
         return -sum(result["losses"].values()) / len(result["losses"])
 
+    def _sparsity_reached(self, overall: float, step: int) -> bool:
+        """May this model be "best"?  Stop rule: at or above --ratio.  Budget control: ramp over, within 1 pp."""
+        if self.controller is None:
+            return overall >= self.cfg.ratio
+        return step >= self.controller.ramp_iters and abs(overall - self.cfg.ratio) <= BUDGET_TOLERANCE
+
     def _validate(self, writer: ScalarWriter) -> dict:
         batches = progress(self.val_loader(), desc="val", enabled=self.show_progress, leave=False)
-        result = evaluate(self.model, batches, self.tasks, self.metrics, self.device, self.class_weights)
+        result = evaluate(self.model, batches, self.tasks, self.metrics, self.device, self.class_weights,
+                          amp=self.cfg.amp, channels_last=self.cfg.channels_last)
         step = self.iteration
         score = self.selection_value(result)
         report = self.sparsity_report()
@@ -385,7 +443,7 @@ class Trainer:
                                     for t, ms in result["metrics"].items())
             self.log.info(f"[Iter {step}] val {metrics_txt} | selection {score:.4f} "
                           f"| sparsity {100 * report.overall:.2f}%")
-        eligible = step > self.cfg.best_after and (not self.sparse or report.overall >= self.cfg.ratio)
+        eligible = step > self.cfg.best_after and (not self.sparse or self._sparsity_reached(report.overall, step))
         if eligible and (self.best is None or score > self.best["score"]):
             self.best = {"score": score, "iter": step, "sparsity": report.overall}
             if self.is_main:

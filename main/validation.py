@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .precision import autocast, predictions_fp32, to_channels_last
 from .tasks import TaskMetrics, task_loss
 
 
@@ -17,10 +18,13 @@ def to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Te
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Tensor]], tasks: tuple[str, ...],
-             metrics: TaskMetrics, device: torch.device, class_weights: Tensor | None = None) -> dict:
+             metrics: TaskMetrics, device: torch.device, class_weights: Tensor | None = None, *,
+             amp: str = "off", channels_last: bool = False) -> dict:
     """Mean per-task loss (sample-weighted) and the metric set over all ``batches``.
 
-    The model is put in eval mode and restored afterwards; nothing here builds an autograd graph.
+    The model is put in eval mode and restored afterwards; nothing here builds an autograd graph.  ``amp`` and
+    ``channels_last`` are the run's ``--amp`` / ``--channels_last`` (the model is expected to be converted
+    already): the forward runs under the same autocast as training, losses and metrics on fp32 predictions.
     """
     was_training = model.training
     model.eval()
@@ -30,7 +34,9 @@ def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Tensor]], tasks: t
     try:
         for batch in batches:
             batch = to_device(batch, device)
-            preds = model(batch["input"])
+            with autocast(amp, device):
+                preds = model(to_channels_last(batch["input"], channels_last))
+            preds = predictions_fp32(preds)
             n = batch["input"].shape[0]
             loss_sums += torch.stack([task_loss(t, preds[t], batch, class_weights) for t in tasks]).double() * n
             samples += n

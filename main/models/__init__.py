@@ -17,11 +17,12 @@ __all__ = ["ASPPHead", "BACKBONE", "BACKBONES", "DeeplabResNet34", "MobileNetV2"
 
 
 def build_model(architecture: str, task_channels: Mapping[str, int], width_mult: float = 1.0,
-                s_init: float = -30.5, sparse: bool = True, head_dropout: float = 0.5) -> MultiTaskModel:
+                s_init: float = -30.5, sparse: bool = True, head_dropout: float = 0.5,
+                threshold_scope: str = "component") -> MultiTaskModel:
     """Backbone ``architecture`` plus one ASPP head per task (``task_channels``: task -> output channels)."""
     if architecture not in BACKBONES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(BACKBONES)}")
     backbone = BACKBONES[architecture](width_mult=width_mult)
     heads = {t: ASPPHead(backbone.out_channels, c, width_mult, dropout=head_dropout)
              for t, c in task_channels.items()}
-    return MultiTaskModel(backbone, heads, s_init=s_init, sparse=sparse)
+    return MultiTaskModel(backbone, heads, s_init=s_init, sparse=sparse, threshold_scope=threshold_scope)

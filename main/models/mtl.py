@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from ..sparse import SoftThresholdConv2d, sparse_convs, threshold_value
 
 BACKBONE = "backbone"
+SHARED = "shared"  # the single threshold's key under threshold_scope="global"
+THRESHOLD_SCOPES = ("component", "global")
 
 
 class MultiTaskModel(nn.Module):
@@ -22,16 +24,20 @@ class MultiTaskModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, heads: Mapping[str, nn.Module], s_init: float = -30.5,
-                 sparse: bool = True) -> None:
+                 sparse: bool = True, threshold_scope: str = "component") -> None:
         super().__init__()
-        if BACKBONE in heads:
-            raise ValueError(f"a task may not be called {BACKBONE!r}")
+        if BACKBONE in heads or SHARED in heads:
+            raise ValueError(f"a task may not be called {BACKBONE!r} or {SHARED!r}")
+        if threshold_scope not in THRESHOLD_SCOPES:
+            raise ValueError(f"threshold_scope must be one of {THRESHOLD_SCOPES}, got {threshold_scope!r}")
         self.backbone = backbone
         self.heads = nn.ModuleDict(dict(heads))
         self.tasks: tuple[str, ...] = tuple(heads)
-        self.thresholds = nn.ParameterDict(
-            {name: nn.Parameter(torch.tensor(float(s_init))) for name, _ in self.components()}
-        )
+        # "component" (AdapMTL): one s per component.  "global" (the ablation): one s shared by every component,
+        # registered once under "shared" so the state dict says which kind of model it is.
+        self.threshold_scope = threshold_scope
+        names = [name for name, _ in self.components()] if threshold_scope == "component" else [SHARED]
+        self.thresholds = nn.ParameterDict({name: nn.Parameter(torch.tensor(float(s_init))) for name in names})
         self.sparse = sparse
         # Plain lists (not registered): which convolutions take each component's tau.
         self._component_convs: dict[str, list[SoftThresholdConv2d]] = {
@@ -43,8 +49,15 @@ class MultiTaskModel(nn.Module):
         yield BACKBONE, self.backbone
         yield from self.heads.items()
 
+    def threshold_param(self, component: str) -> nn.Parameter:
+        """The raw ``s`` that sets ``component``'s threshold (the shared one under ``threshold_scope="global"``)."""
+        return self.thresholds[SHARED if self.threshold_scope == "global" else component]
+
     def taus(self) -> dict[str, Tensor]:
         """Current fp32 thresholds sigmoid(s_c) per component."""
+        if self.threshold_scope == "global":
+            tau = threshold_value(self.thresholds[SHARED])
+            return {name: tau for name, _ in self.components()}
         return {name: threshold_value(s) for name, s in self.thresholds.items()}
 
     def reset_thresholds(self, s_init: float) -> None:
