@@ -18,6 +18,11 @@ at exactly those weights (not on a re-initialised copy, DiSparse bug §8.5):
 The scoring batches are the first batches of the run's own data order; their forward passes leave BatchNorm
 statistics and the RNG untouched (``runs.side_effect_free``), so the masked run differs from the dense run with
 the same flags only by the mask.  Then one ordinary training run with the mask enforced after every step.
+
+Under ``torchrun`` the model is rank 0's seeded initialisation (DDP broadcasts it), each rank scores its own
+slices of the first ``--num_batches`` global batches on the unwrapped model (``trainer.model``: no DDP hooks
+fire), and the score tensors (SNIP's total, DiSparse-static's per task) are averaged over the ranks before the
+selection, so all ranks install the same mask; ``random`` draws from a generator seeded by ``--seed`` alone.
 """
 
 from __future__ import annotations
@@ -25,23 +30,34 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+import torch
+
 from main.config import Config, ConfigError
 from main.data import dataset_info
+from main.distributed import DistInfo
 from main.errors import cli_main
 from main.masks import MaskSet
 from main.runner import build_trainer
+from main.trainer import Trainer
 
-from .engine import connection_sensitivity, install, select_global, task_gradients
-from .oneshot import prune_oneshot
+from .engine import (
+    check_same_on_all_ranks,
+    connection_sensitivity,
+    install,
+    mean_over_ranks,
+    random_scores,
+    select_disparse,
+    select_global,
+    task_gradients,
+)
 from .prune_run import score_batches
 from .runs import (
     add_target,
     finish,
     hard_mask_config,
     method_parser,
-    parse_method_args,
-    print_summary,
     read_method,
+    run_command,
     side_effect_free,
     write_method,
 )
@@ -60,12 +76,17 @@ def build_at_init_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_at_init(cfg: Config, opts: dict) -> dict:
-    """Score and mask the fresh model, train it for ``--iters``; returns the ``masks.json`` summary."""
+def run_at_init(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
+                device: torch.device | None = None) -> dict:
+    """Score and mask the fresh model, train it for ``--iters``; returns the ``masks.json`` summary.
+
+    ``dist_info`` / ``device`` come from ``init_distributed`` (torchrun); default: one process.
+    """
+    dist_info = dist_info or DistInfo()
     explicit = getattr(cfg, "explicit", set())
     if cfg.resume:  # the checkpoint carries the masks; nothing to score again
         pruning = read_method(cfg.save_dir)
-        trainer = build_trainer(cfg, explicit)
+        trainer = build_trainer(cfg, explicit, dist_info, device)
         trainer.train()
         return finish(trainer, pruning)
     method = opts["method"]
@@ -77,23 +98,16 @@ def run_at_init(cfg: Config, opts: dict) -> dict:
     n_batches = opts["num_batches"] if opts["num_batches"] is not None else DEFAULT_BATCHES[method]
     if n_batches <= 0 and method != "random":
         raise ConfigError(f"--num_batches must be a positive integer for {method}, got {n_batches}")
-    trainer = build_trainer(cfg, explicit)
+    trainer = build_trainer(cfg, explicit, dist_info, device)
     pruning = {"method": method, "target": opts["target"], "num_batches": n_batches, "seed": cfg.seed}
-    write_method(trainer.save_dir, pruning)
+    if dist_info.enabled:
+        pruning["world_size"] = dist_info.world_size  # the scores saw n_batches x world_size slices
+    write_method(trainer.save_dir, pruning, dist_info)
     info = dataset_info(cfg)
     masks = MaskSet(trainer.model)
-    with side_effect_free(trainer.model):
-        batches = score_batches(cfg, n_batches) if method != "random" else []
-        if method == "snip":
-            lam = dict(zip(info.tasks, cfg.priority)) if cfg.priority else None
-            scores = task_gradients(trainer.model, masks, batches, info.tasks, trainer.device, per_task=False,
-                                    class_weights=trainer.class_weights, statistic=connection_sensitivity,
-                                    weights=lam)["total"]
-            keep = select_global(scores, masks, opts["target"])
-        else:
-            keep = prune_oneshot(method, trainer.model, masks, opts["target"], batches, info.tasks,
-                                 trainer.device, seed=cfg.seed, class_weights=trainer.class_weights)
+    keep = score_and_select(method, trainer, masks, opts["target"], n_batches, info.tasks)
     install(masks, keep)
+    check_same_on_all_ranks(masks.masks, dist_info, f"{method} at init")
     trainer.set_masks(masks)
     trainer.log.info(f"{method} at init: {100 * masks.sparsity():.2f}% of the prunable weights pruned "
                      f"({n_batches} scoring batches); training {cfg.iters} iterations with the mask fixed")
@@ -101,11 +115,35 @@ def run_at_init(cfg: Config, opts: dict) -> dict:
     return finish(trainer, pruning)
 
 
+def score_and_select(method: str, trainer: Trainer, masks: MaskSet, target: float, n_batches: int,
+                     tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Keep masks of ``method`` at the trainer's current (fresh) weights, identical on every DDP rank.
+
+    The scoring passes run on ``trainer.model``, never on the DDP wrapper ``trainer.net`` (its reducer expects
+    one backward per wrapped forward, inside the training step), and leave BN statistics and the RNG untouched.
+    Scores are sums over this rank's batches, then averaged over the ranks: the rankings are those of one
+    process summing over every rank's batches.
+    """
+    cfg, dist_info = trainer.cfg, trainer.dist
+    if method == "random":  # the same generator, seeded by --seed alone, on every rank
+        return select_global(random_scores(masks, cfg.seed), masks, target)
+    with side_effect_free(trainer.model):
+        batches = score_batches(cfg, n_batches, dist_info.rank, dist_info.world_size)
+        if method == "snip":
+            lam = dict(zip(tasks, cfg.priority)) if cfg.priority else None
+            scores = task_gradients(trainer.model, masks, batches, tasks, trainer.device, per_task=False,
+                                    class_weights=trainer.class_weights, statistic=connection_sensitivity,
+                                    weights=lam)["total"]
+            return select_global(mean_over_ranks(scores, dist_info), masks, target)
+        per_task = task_gradients(trainer.model, masks, batches, tasks, trainer.device, per_task=True,
+                                  class_weights=trainer.class_weights, statistic=connection_sensitivity)
+        flat = mean_over_ranks({(t, n): s for t, scores in per_task.items() for n, s in scores.items()}, dist_info)
+        per_task = {t: {n: flat[(t, n)] for n in scores} for t, scores in per_task.items()}
+        return select_disparse(per_task, masks, target)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg, opts = parse_method_args(build_at_init_parser(), argv, OPTIONS)
-    summary = run_at_init(cfg, opts)
-    print_summary(summary["pruning"]["method"], summary)
-    return 0
+    return run_command(build_at_init_parser(), argv, OPTIONS, run_at_init, lambda summary: summary["pruning"]["method"])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ regrown per layer (the reference's ``score ≥ k-th value`` could regrow a whole
 ``backbone.conv1`` is masked like every other layer (the reference left it dense though ERK budgeted it), the
 regrowth passes leave BatchNorm statistics and the RNG untouched, and updates run in a ``Trainer`` step hook, i.e.
 after the optimiser step of iteration t instead of before it.
+
+Under ``torchrun`` (DDP) every rank runs every update itself: the ERK random mask comes from a generator seeded by
+``--seed`` alone, the drop ranks |w| of bit-identical weights, and the regrowth scores |∂L_t/∂w| (summed over the
+rank's own micro-batches of its slice of the step's global batch, on the unwrapped ``trainer.model``) are averaged
+over the ranks before the per-layer top-k, i.e. the sum over all ranks' micro-batches up to a constant.  So
+every rank grows the same weights; the t = 0 update scores each rank's slice of the first global batch.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import torch
 from torch import Tensor
 
 from main.config import Config, ConfigError
+from main.distributed import DistInfo
 from main.errors import cli_main
 from main.masks import MaskSet
 from main.models import BACKBONE
@@ -47,16 +54,15 @@ from main.runner import build_trainer
 from main.trainer import Trainer
 from main.validation import to_device
 
-from .engine import magnitude_scores, task_gradients, top_k_mask
+from .engine import check_same_on_all_ranks, magnitude_scores, mean_over_ranks, task_gradients, top_k_mask
 from .prune_run import score_batches
 from .runs import (
     add_target,
     finish,
     hard_mask_config,
     method_parser,
-    parse_method_args,
-    print_summary,
     read_method,
+    run_command,
     side_effect_free,
     write_method,
 )
@@ -198,6 +204,12 @@ def clear_changed_state(optimizer: torch.optim.Optimizer, masks: MaskSet, before
     return changed_total
 
 
+def ranks_mean_per_task(scores: Mapping[str, Mapping[str, Tensor]], dist_info: DistInfo) -> dict[str, dict]:
+    """``{task: {weight: score}}`` averaged over the DDP ranks in one collective (identity in one process)."""
+    flat = mean_over_ranks({(t, n): s for t, per in scores.items() for n, s in per.items()}, dist_info)
+    return {t: {n: flat[(t, n)] for n in per} for t, per in scores.items()}
+
+
 class DynamicSchedule:
     """The DiSparse-dynamic mask updates, run as a ``Trainer`` step hook (see the module docstring)."""
 
@@ -213,7 +225,7 @@ class DynamicSchedule:
         return self.prune_rate * (1.0 + math.cos(math.pi * min(t, self.end) / self.end)) / 2.0
 
     def update(self, trainer: Trainer, batch: Mapping[str, Tensor], t: int) -> None:
-        """One drop-and-grow step at the current weights."""
+        """One drop-and-grow step at the current weights, the same on every DDP rank (``batch``: this rank's)."""
         masks, model = trainer.masks, trainer.model
         before = {n: m.clone() for n, m in masks.masks.items()}
         r = self.rate(t)
@@ -221,13 +233,15 @@ class DynamicSchedule:
             masks.masks[name] = masks.masks[name] & keep
         masks.apply()  # gradients below are taken at the sparse point
         after_drop = masks.sparsity()
-        with side_effect_free(model):
+        with side_effect_free(model):  # the unwrapped model: DDP's reducer only sees the training step's backward
             scores = task_gradients(model, masks, split_batch(batch, self.grow_splits), self.tasks, trainer.device,
                                     per_task=True, class_weights=trainer.class_weights, statistic=abs_grad)
+        scores = ranks_mean_per_task(scores, trainer.dist)
         with torch.no_grad():
             for name, grown in grow(masks, self.counts, scores).items():
                 masks.masks[name] = masks.masks[name] | grown
                 masks.by_name[name].param[grown] = 0.0  # regrowth from zero (RigL), not the stale value
+        check_same_on_all_ranks(masks.masks, trainer.dist, f"DiSparse dynamic update at iteration {t}")
         changed = clear_changed_state(trainer.optimizer, masks, before)
         self.history.append({"iter": t, "rate": r, "sparsity_after_drop": after_drop,
                              "sparsity": masks.sparsity(), "changed": changed})
@@ -239,6 +253,7 @@ class DynamicSchedule:
         for name, keep in drop(masks, self.counts, 0.0).items():
             masks.masks[name] = masks.masks[name] & keep
         masks.apply()
+        check_same_on_all_ranks(masks.masks, trainer.dist, "DiSparse dynamic final drop")
         changed = clear_changed_state(trainer.optimizer, masks, before)
         self.history.append({"iter": trainer.iteration, "rate": 0.0, "sparsity": masks.sparsity(),
                              "changed": changed, "final": True})
@@ -288,22 +303,27 @@ def schedule_options(cfg: Config, opts: dict) -> dict:
     return sched
 
 
-def run_disparse(cfg: Config, opts: dict) -> dict:
-    """Train with dynamic masks (or continue such a run); returns the ``masks.json`` summary."""
+def run_disparse(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
+                 device: torch.device | None = None) -> dict:
+    """Train with dynamic masks (or continue such a run); returns the ``masks.json`` summary.
+
+    ``dist_info`` / ``device`` come from ``init_distributed`` (torchrun); default: one process.
+    """
+    dist_info = dist_info or DistInfo()
     explicit = getattr(cfg, "explicit", set())
     if cfg.resume:
         sched = read_method(cfg.save_dir)
         if sched.get("method") != "disparse_dynamic":
             raise ConfigError(f"--resume: {cfg.save_dir} holds a {sched.get('method')} run, not DiSparse dynamic")
-        trainer = build_trainer(cfg, explicit)
+        trainer = build_trainer(cfg, explicit, dist_info, device)
         counts = layer_budgets(trainer.masks, sched["target"], sched["erk_power"])
         schedule = DynamicSchedule(counts, trainer.tasks, sched["delta_t"], sched["end"], sched["prune_rate"],
                                    sched["grow_splits"])
     else:
         cfg = hard_mask_config(cfg)
         sched = schedule_options(cfg, opts)
-        trainer = build_trainer(cfg, explicit)
-        write_method(trainer.save_dir, sched)
+        trainer = build_trainer(cfg, explicit, dist_info, device)
+        write_method(trainer.save_dir, sched, dist_info)
         masks = MaskSet(trainer.model)
         counts = layer_budgets(masks, sched["target"], sched["erk_power"])
         schedule = DynamicSchedule(counts, trainer.tasks, sched["delta_t"], sched["end"], sched["prune_rate"],
@@ -313,7 +333,8 @@ def run_disparse(cfg: Config, opts: dict) -> dict:
         trainer.log.info(f"DiSparse dynamic: ERK random init at {100 * masks.sparsity():.2f}% sparsity; updates "
                          f"every {sched['delta_t']} iterations until {sched['end']}, r(0) = {sched['prune_rate']}")
         # The reference also updates at t = 0, before the first step, on the first training batch.
-        schedule.update(trainer, to_device(score_batches(cfg, 1)[0], trainer.device), 0)
+        first = score_batches(cfg, 1, dist_info.rank, dist_info.world_size)[0]
+        schedule.update(trainer, to_device(first, trainer.device), 0)
     trainer.step_hooks.append(schedule)
     trainer.train()
     pruning = {**sched, "seed": trainer.cfg.seed}
@@ -321,9 +342,7 @@ def run_disparse(cfg: Config, opts: dict) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg, opts = parse_method_args(build_disparse_parser(), argv, OPTIONS)
-    print_summary("disparse_dynamic", run_disparse(cfg, opts))
-    return 0
+    return run_command(build_disparse_parser(), argv, OPTIONS, run_disparse, "disparse_dynamic")
 
 
 if __name__ == "__main__":

@@ -9,17 +9,21 @@ sparsity is measured exactly as AdapMTL's is.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+from main.distributed import DistInfo, all_reduce_mean, gather_objects
 from main.masks import MaskSet
 from main.models import BACKBONE, MultiTaskModel
 from main.tasks import task_loss
 from main.validation import to_device
 
 Scores = dict[str, Tensor]
+K = TypeVar("K")
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -195,3 +199,51 @@ def install(masks: MaskSet, keep: Mapping[str, Tensor]) -> MaskSet:
         masks.masks[name] = masks.masks[name] & k.to(masks.masks[name].device)
     masks.apply()
     return masks
+
+
+# ------------------------------------------------------------------------------------------- DDP ranks
+def mean_over_ranks(tensors: Mapping[K, Tensor], info: DistInfo | None) -> dict[K, Tensor]:
+    """Element-wise mean of every tensor over the DDP ranks (a new dict; identity in one process).
+
+    Gradient-based scores are taken on each rank's own slice of the global batch, so without this every rank
+    would select a different mask.  The mean is what one process would accumulate over all ranks' batches (up to
+    a constant factor, which no ranking sees), and an all-reduce hands every rank the bit-identical result, so
+    the deterministic selectors then pick the same weights everywhere.  One collective per dtype: the tensors
+    are flattened and concatenated (a per-layer all-reduce costs a round trip per layer).
+    """
+    out = dict(tensors)
+    if info is None or not info.enabled or not out:
+        return out
+    by_dtype: dict[torch.dtype, list[K]] = {}
+    for key, t in out.items():
+        by_dtype.setdefault(t.dtype, []).append(key)
+    for keys in by_dtype.values():
+        flat = all_reduce_mean(torch.cat([out[k].detach().reshape(-1) for k in keys]), info)
+        for key, part in zip(keys, torch.split(flat, [out[k].numel() for k in keys])):
+            out[key] = part.view_as(out[key])
+    return out
+
+
+def mask_fingerprint(masks: Mapping[str, Tensor]) -> str:
+    """A digest of the mask contents (names, shapes and bits); equal digests mean equal masks."""
+    h = hashlib.sha256()
+    for name in sorted(masks):
+        m = masks[name].detach().to("cpu", torch.bool).contiguous()
+        h.update(f"{name}:{tuple(m.shape)}".encode())
+        h.update(m.numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_same_on_all_ranks(masks: Mapping[str, Tensor], info: DistInfo | None, what: str) -> None:
+    """Raise if ranks hold different masks after a pruning decision (cheap: one digest gathered per decision).
+
+    DDP only averages gradients: ranks that pruned differently would keep training silently on different
+    networks, and rank 0 would save one of them.  Every decision here is built to be identical, so a mismatch is
+    a bug (or a nondeterministic kernel breaking a tie differently), and stopping loudly is the only safe answer.
+    """
+    if info is None or not info.enabled:
+        return
+    digests = gather_objects(mask_fingerprint(masks), info)
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"{what}: the ranks selected different masks ({len(set(digests))} distinct); "
+                           "every rank must take the same pruning decision")

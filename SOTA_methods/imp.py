@@ -13,6 +13,10 @@ round comes the final fine-tune of ``--iters`` iterations.  ``--one_shot`` is a 
 reference's ``pruning.py`` + ``finetune.py``).  Round r's fine-tune lives in ``<save_dir>/round_<r>/``; the final
 one writes ``<save_dir>/<tasks>.model`` and ``masks.json`` (with the per-round log, also in ``rounds.json``).
 
+Under ``torchrun --nproc_per_node=N -m SOTA_methods.imp ...`` every fine-tune is a DDP run; the |w| rankings
+need no communication (DDP keeps the weights bit-identical on every rank, so every rank picks the same mask) and
+only rank 0 writes.
+
 Why fine-tune from the previous round's *last* weights (not its best checkpoint): that is Han et al.'s loop, and
 the best checkpoint is selected on validation data the next round should not depend on.
 """
@@ -20,15 +24,17 @@ the best checkpoint is selected on validation data the next round should not dep
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from main.config import Config, ConfigError
+from main.distributed import DistInfo
 from main.errors import cli_main
 from main.runner import check_run_dir, seed_everything
 
-from .engine import install
+from .engine import check_same_on_all_ranks, install
 from .runs import (
     add_rounds,
     add_target,
@@ -36,12 +42,12 @@ from .runs import (
     load_trained,
     magnitude_keep,
     method_parser,
-    parse_method_args,
-    print_summary,
     refuse_resume,
     round_sparsities,
+    run_command,
     stage_trainer,
     start_from,
+    write_json,
 )
 
 OPTIONS = ("load_checkpoint", "target", "per_round", "one_shot", "scope", "finetune_iters")
@@ -58,14 +64,21 @@ def build_imp_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_imp(cfg: Config, opts: dict) -> dict:
-    """Prune/fine-tune rounds, then the final fine-tune; returns the ``masks.json`` summary."""
+def run_imp(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
+            device: torch.device | None = None) -> dict:
+    """Prune/fine-tune rounds, then the final fine-tune; returns the ``masks.json`` summary.
+
+    ``dist_info`` / ``device`` come from ``init_distributed`` (torchrun); default: one process.
+    """
+    dist_info = dist_info or DistInfo()
     refuse_resume(cfg, "imp")
     if not opts["load_checkpoint"]:
         raise ConfigError("--load_checkpoint TRAINED.model is required (IMP prunes a trained model)")
-    cfg, model, masks = load_trained(cfg, opts["load_checkpoint"])
+    cfg, model, masks = load_trained(cfg, opts["load_checkpoint"], device)
     seed_everything(cfg.seed)
-    check_run_dir(cfg)
+    # Every rank refuses an occupied folder alike (one clean error, no rank left waiting in a collective); it
+    # cannot see rank 0's files yet, since rank 0 writes run files only after a collective this rank joins.
+    check_run_dir(cfg, create=dist_info.is_main)
     save_dir = Path(cfg.save_dir)
     ft_iters = opts["finetune_iters"] or cfg.iters
     if ft_iters <= 0:
@@ -75,9 +88,10 @@ def run_imp(cfg: Config, opts: dict) -> dict:
     rounds = []
     for r, sparsity in enumerate(plan, 1):
         install(masks, magnitude_keep(masks, sparsity, opts["scope"]))
+        check_same_on_all_ranks(masks.masks, dist_info, f"IMP round {r}")
         last = r == len(plan)
         stage_dir = save_dir if last else save_dir / f"round_{r:02d}"
-        trainer = stage_trainer(cfg, stage_dir, None if last else ft_iters)
+        trainer = stage_trainer(cfg, stage_dir, None if last else ft_iters, dist_info, device)
         trainer.log.info(f"IMP round {r}/{len(plan)}: pruned to {100 * masks.sparsity():.2f}% "
                          f"({opts['scope']} |w|), fine-tuning {trainer.cfg.iters} iterations")
         start_from(trainer, model.state_dict(), masks)
@@ -85,7 +99,7 @@ def run_imp(cfg: Config, opts: dict) -> dict:
         model, masks = trainer.model, trainer.masks
         rounds.append({"round": r, "sparsity": masks.sparsity(), "target": sparsity, "dir": str(stage_dir),
                        "finetune_iters": trainer.cfg.iters, "best": trainer.best})
-        (save_dir / "rounds.json").write_text(json.dumps(rounds, indent=1))
+        write_json(save_dir / "rounds.json", rounds, dist_info)
     pruning = {"method": "imp", "target": opts["target"], "per_round": None if opts["one_shot"] else
                opts["per_round"], "scope": opts["scope"], "source": opts["load_checkpoint"],
                "finetune_iters": ft_iters, "final_iters": cfg.iters, "start_sparsity": start}
@@ -93,9 +107,7 @@ def run_imp(cfg: Config, opts: dict) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg, opts = parse_method_args(build_imp_parser(), argv, OPTIONS)
-    print_summary("imp", run_imp(cfg, opts))
-    return 0
+    return run_command(build_imp_parser(), argv, OPTIONS, run_imp, "imp")
 
 
 if __name__ == "__main__":

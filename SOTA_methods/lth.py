@@ -25,13 +25,17 @@ ranks the surviving weights of the last trained network by |w| (global over all 
 
 Round r's retraining lives in ``<save_dir>/round_<r>/``, the last one writes ``<save_dir>/<tasks>.model`` and
 ``masks.json`` (round log also in ``rounds.json``).  Cost: iterative LTH to 90 % at 20 %/round is 11 retrainings.
+
+Under ``torchrun`` every training stage is a DDP run and each rank keeps its own in-memory snapshot: identical
+weights, optimiser and schedule on every rank, plus that rank's RNG state (its dropout stream), and the saved
+``rewind_iter<K>.model`` (rank 0 writes it) carries every rank's RNG as a DDP checkpoint does.  Masks are |w|
+rankings of bit-identical weights, hence identical without communication.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,14 +43,15 @@ from typing import Any
 
 import torch
 
-from main.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from main.checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state
 from main.config import Config, ConfigError
+from main.distributed import DistInfo, gather_objects
 from main.errors import cli_main
 from main.masks import MaskSet
 from main.runner import check_run_dir, seed_everything
 from main.trainer import Trainer
 
-from .engine import install
+from .engine import check_same_on_all_ranks, install
 from .runs import (
     add_rounds,
     add_target,
@@ -56,11 +61,11 @@ from .runs import (
     load_trained,
     magnitude_keep,
     method_parser,
-    parse_method_args,
-    print_summary,
     refuse_resume,
     round_sparsities,
+    run_command,
     stage_trainer,
+    write_json,
 )
 
 OPTIONS = ("load_checkpoint", "init_checkpoint", "rewind", "target", "per_round", "one_shot", "scope")
@@ -103,15 +108,24 @@ def _to_cpu(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
+def _full_state(trainer: Trainer) -> dict:
+    """``trainer.state_dict()`` with every rank's RNG (a collective under DDP: all ranks call it at the same step).
+
+    A rewind restores this rank's own entry; the file rank 0 saves is then a complete DDP checkpoint.
+    """
+    ranks = gather_objects(rng_state(), trainer.dist) if trainer.dist.enabled else None
+    return _to_cpu(trainer.state_dict(rng_ranks=ranks))
+
+
 def snapshot_at(trainer: Trainer, k: int) -> dict:
     """Capture the trainer's full state (weights, BN statistics, optimiser, schedule, RNG) at iteration k."""
     store: dict = {}
     if k == 0:
-        store["state"] = _to_cpu(trainer.state_dict())
+        store["state"] = _full_state(trainer)
     else:
         def hook(tr: Trainer, iteration: int, batch: dict) -> None:
             if iteration == k:
-                store["state"] = _to_cpu(tr.state_dict())
+                store["state"] = _full_state(tr)
 
         trainer.step_hooks.append(hook)
     return store
@@ -133,8 +147,13 @@ def rewind(trainer: Trainer, snapshot: dict | None, masks: MaskSet, source: str)
     return enforce(trainer, masks)
 
 
-def run_lth(cfg: Config, opts: dict) -> dict:
-    """Dense training (unless given), then prune → rewind → retrain rounds; returns the ``masks.json`` summary."""
+def run_lth(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
+            device: torch.device | None = None) -> dict:
+    """Dense training (unless given), then prune → rewind → retrain rounds; returns the ``masks.json`` summary.
+
+    ``dist_info`` / ``device`` come from ``init_distributed`` (torchrun); default: one process.
+    """
+    dist_info = dist_info or DistInfo()
     refuse_resume(cfg, "lth")
     k = rewind_iteration(opts["rewind"])
     snapshot, snap_source = None, "θ_0 regenerated from the seed"
@@ -144,9 +163,9 @@ def run_lth(cfg: Config, opts: dict) -> dict:
             # the dense run's own seed regenerates it.
             raise ConfigError("--seed: θ_0 is regenerated from the dense run's own seed; drop --seed or pass the "
                               "snapshot as --init_checkpoint")
-        cfg, _, masks = load_trained(cfg, opts["load_checkpoint"])
+        cfg, _, masks = load_trained(cfg, opts["load_checkpoint"], device)
         seed_everything(cfg.seed)
-        check_run_dir(cfg)
+        check_run_dir(cfg, create=dist_info.is_main)  # every rank refuses alike; only rank 0 creates (as imp)
         if opts["init_checkpoint"]:
             snapshot, snap_source = load_checkpoint(opts["init_checkpoint"]), opts["init_checkpoint"]
             at = int(snapshot.get("iter", 0))
@@ -161,8 +180,8 @@ def run_lth(cfg: Config, opts: dict) -> dict:
         if opts["init_checkpoint"]:
             raise ConfigError("--init_checkpoint goes with --load_checkpoint (the dense run it belongs to)")
         cfg = hard_mask_config(cfg)
-        check_run_dir(cfg)
-        trainer = stage_trainer(cfg, Path(cfg.save_dir) / "dense")
+        check_run_dir(cfg, create=dist_info.is_main)
+        trainer = stage_trainer(cfg, Path(cfg.save_dir) / "dense", None, dist_info, device)
         if k >= cfg.iters:
             raise ConfigError(f"--rewind {k} is not before the end of training (--iters {cfg.iters})")
         store = snapshot_at(trainer, k)
@@ -170,7 +189,8 @@ def run_lth(cfg: Config, opts: dict) -> dict:
         trainer.train()
         snapshot = store["state"]
         snap_source = str(trainer.save_dir / f"rewind_iter{k}.model")
-        atomic_save(snapshot, snap_source)
+        if dist_info.is_main:  # a record for --init_checkpoint; this run rewinds to its in-memory copy
+            atomic_save(snapshot, snap_source)
         masks = MaskSet.from_weights(trainer.model)
     if k >= cfg.iters:
         raise ConfigError(f"the rewind point (iteration {k}) is not before the end of training (--iters {cfg.iters})")
@@ -180,9 +200,10 @@ def run_lth(cfg: Config, opts: dict) -> dict:
     rounds = []
     for r, sparsity in enumerate(plan, 1):
         install(masks, magnitude_keep(masks, sparsity, opts["scope"]))
+        check_same_on_all_ranks(masks.masks, dist_info, f"LTH round {r}")
         last = r == len(plan)
         stage_dir = save_dir if last else save_dir / f"round_{r:02d}"
-        trainer = stage_trainer(cfg, stage_dir)
+        trainer = stage_trainer(cfg, stage_dir, None, dist_info, device)
         try:
             masks = rewind(trainer, snapshot, masks, snap_source)
         except CheckpointError as e:
@@ -193,7 +214,7 @@ def run_lth(cfg: Config, opts: dict) -> dict:
         masks = trainer.masks
         rounds.append({"round": r, "sparsity": masks.sparsity(), "target": sparsity, "dir": str(stage_dir),
                        "rewind_iter": k, "best": trainer.best})
-        (save_dir / "rounds.json").write_text(json.dumps(rounds, indent=1))
+        write_json(save_dir / "rounds.json", rounds, dist_info)
     pruning = {"method": "lth", "target": opts["target"], "rewind_iter": k, "rewind_source": snap_source,
                "per_round": None if opts["one_shot"] else opts["per_round"], "scope": opts["scope"],
                "source": opts["load_checkpoint"], "iters": cfg.iters}
@@ -201,9 +222,7 @@ def run_lth(cfg: Config, opts: dict) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg, opts = parse_method_args(build_lth_parser(), argv, OPTIONS)
-    print_summary("lth", run_lth(cfg, opts))
-    return 0
+    return run_command(build_lth_parser(), argv, OPTIONS, run_lth, "lth")
 
 
 if __name__ == "__main__":

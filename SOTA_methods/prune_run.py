@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -47,11 +48,15 @@ def load_source(cfg: Config, checkpoint: str | None,
     return cfg.validate(), model, masks
 
 
-def score_batches(cfg: Config, n: int):
-    """The first ``n`` training batches of the run's seeded order (what at-init / gradient scores see)."""
+def score_batches(cfg: Config, n: int, rank: int = 0, world_size: int = 1):
+    """The first ``n`` training batches of the run's seeded order (what at-init / gradient scores see).
+
+    Under DDP (``world_size`` > 1) this rank's slices of the first ``n`` global batches, i.e. exactly what its
+    first ``n`` training steps see; the ranks' scores are then averaged (``engine.mean_over_ranks``).
+    """
     dataset = build_dataset(cfg, "train")
     verify_dataset(dataset)
-    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, cfg.seed)
+    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, generator=torch.Generator())
     it = iter(loader)
     return [next(it) for _ in range(n)]
@@ -63,6 +68,9 @@ def report_of(model: MultiTaskModel) -> SparsityReport:
 
 
 def prune(cfg: Config, opts: dict) -> dict:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would score and write the same files
+        raise ConfigError("pruning.py scores and saves once and does not train, so it runs in one process: start "
+                          "it with python, not torchrun (then fine-tune under torchrun with finetune.py)")
     method = opts["method"]
     if method not in UNSTRUCTURED + STRUCTURED:
         raise ConfigError(f"--method {method!r} is not known; choose one of: {', '.join(UNSTRUCTURED + STRUCTURED)}")

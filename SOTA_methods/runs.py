@@ -12,7 +12,14 @@ Conventions every command follows:
 - a source checkpoint's stored config is the base and flags given on the command line override it (the
   ``finetune.py`` rule), so ``--iters``, ``--lr`` ... set the schedule of the training stages;
 - intermediate stages write to sub-folders of ``--save_dir``; the last one writes ``<save_dir>/<tasks>.model``
-  (resumable with ``finetune.py --save_dir DIR --resume``, masks included) and ``<save_dir>/masks.json``.
+  (resumable with ``finetune.py --save_dir DIR --resume``, masks included) and ``<save_dir>/masks.json``;
+- under ``torchrun`` each command joins the process group once (``main.distributed.init_distributed``) and hands
+  the same ``DistInfo`` to every stage's ``build_trainer``, so each stage is an ordinary DDP run.  Every rank takes
+  every decision itself, identically: magnitude rankings see bit-identical weights, gradient scores are averaged
+  over the ranks first (``engine.mean_over_ranks``), random masks come from generators seeded by ``--seed`` alone,
+  and ``engine.check_same_on_all_ranks`` stops the run loudly should masks ever differ.  Only rank 0 writes
+  (run folders, checkpoints, logs, json reports); the stages hand weights and masks on in memory, so no rank
+  ever reads a file another rank is writing.
 """
 
 from __future__ import annotations
@@ -22,8 +29,7 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -32,6 +38,7 @@ from torch import Tensor
 from args import build_parser, config_from_namespace
 from main.checkpoint import rng_state, set_rng_state
 from main.config import Config, ConfigError
+from main.distributed import DistInfo, cleanup, init_distributed
 from main.evaluation import format_table
 from main.masks import MaskSet
 from main.models import MultiTaskModel
@@ -69,9 +76,6 @@ def add_rounds(group: argparse._ArgumentGroup, scope_help: str) -> None:
 def parse_method_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                       options: Sequence[str]) -> tuple[Config, dict]:
     """-> (config from --config and the flags, method options); ``cfg.explicit`` as ``args.parse_args`` sets."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("this command runs in one process (its stages and mask updates are not rank-aware); "
-                          "start it with python, not torchrun")
     ns = vars(parser.parse_args(argv))
     opts = {k: ns.pop(k, None) for k in options}
     cfg = config_from_namespace(ns)
@@ -101,14 +105,16 @@ def hard_mask_config(cfg: Config) -> Config:
     return cfg.validate()
 
 
-def load_trained(cfg: Config, checkpoint: str) -> tuple[Config, MultiTaskModel, MaskSet]:
+def load_trained(cfg: Config, checkpoint: str,
+                 device: torch.device | None = None) -> tuple[Config, MultiTaskModel, MaskSet]:
     """A trained checkpoint as (its config with the command-line flags on top, baked model, its masks).
 
     Zeros already in the weights (an AdapMTL run's thresholded weights, an earlier pruning) stay pruned;
-    a stored mask set is used as is.
+    a stored mask set is used as is.  ``device``: this rank's device under torchrun (default ``--device``).
+    Every rank reads the same file, so every rank starts from the same weights and masks.
     """
     explicit = getattr(cfg, "explicit", set())
-    base, model, saved = load_source(cfg, checkpoint, resolve_device(cfg.device))
+    base, model, saved = load_source(cfg, checkpoint, device or resolve_device(cfg.device))
     for key in explicit - {"dense", "reload", "resume"}:
         setattr(base, key, getattr(cfg, key))
     base.resume = False
@@ -119,10 +125,15 @@ def load_trained(cfg: Config, checkpoint: str) -> tuple[Config, MultiTaskModel, 
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def stage_trainer(cfg: Config, save_dir: Path | str, iters: int | None = None) -> Trainer:
-    """A fresh ``Trainer`` (new optimiser, schedule at 0, seeded data order) writing to ``save_dir``."""
+def stage_trainer(cfg: Config, save_dir: Path | str, iters: int | None = None, dist_info: DistInfo | None = None,
+                  device: torch.device | None = None) -> Trainer:
+    """A fresh ``Trainer`` (new optimiser, schedule at 0, seeded data order) writing to ``save_dir``.
+
+    ``dist_info`` / ``device``: what ``init_distributed`` returned at the command's start; every stage is a DDP
+    run on the same process group (DDP broadcasts rank 0's fresh initialisation when it wraps the model).
+    """
     stage = dataclasses.replace(cfg, save_dir=str(save_dir), iters=iters or cfg.iters, resume=False)
-    return build_trainer(stage.validate())
+    return build_trainer(stage.validate(), None, dist_info, device)
 
 
 def start_from(trainer: Trainer, weights: Mapping[str, Tensor], masks: MaskSet | Mapping[str, Tensor],
@@ -196,9 +207,19 @@ def magnitude_keep(masks: MaskSet, sparsity: float, scope: str = "global") -> di
 METHOD_FILE = "pruning.json"
 
 
-def write_method(save_dir: Path | str, info: dict) -> None:
-    """Record a single-stage run's method settings at its start, so ``--resume`` can continue it as it began."""
-    (Path(save_dir) / METHOD_FILE).write_text(json.dumps(info, indent=1))
+def write_method(save_dir: Path | str, info: dict, dist_info: DistInfo | None = None) -> None:
+    """Record a single-stage run's method settings at its start, so ``--resume`` can continue it as it began.
+
+    Rank 0 only (the other ranks have no run folder of their own; ``--resume`` reads it on every rank later).
+    """
+    if dist_info is None or dist_info.is_main:
+        (Path(save_dir) / METHOD_FILE).write_text(json.dumps(info, indent=1))
+
+
+def write_json(path: Path | str, obj: object, dist_info: DistInfo | None = None) -> None:
+    """A json report, written by rank 0 only (every rank holds the same content)."""
+    if dist_info is None or dist_info.is_main:
+        Path(path).write_text(json.dumps(obj, indent=1))
 
 
 def read_method(save_dir: Path | str) -> dict:
@@ -210,13 +231,16 @@ def read_method(save_dir: Path | str) -> dict:
 
 
 def finish(trainer: Trainer, pruning: dict, extra: dict | None = None) -> dict:
-    """Write ``masks.json`` beside the final checkpoint: sparsity measured from the weights, plus the masks'."""
+    """Write ``masks.json`` beside the final checkpoint: sparsity measured from the weights, plus the masks'.
+
+    Every rank returns the summary; only rank 0 writes it.
+    """
     report = report_of(trainer.model)
     summary = {"checkpoint": str(trainer.save_dir / checkpoint_name(trainer.tasks)), "pruning": pruning,
                "sparsity": report.as_dict(),
                "mask_sparsity": trainer.masks.sparsity() if trainer.masks is not None else 0.0,
                "iter": trainer.iteration, **(extra or {})}
-    (trainer.save_dir / "masks.json").write_text(json.dumps(summary, indent=1))
+    write_json(trainer.save_dir / "masks.json", summary, trainer.dist)
     return summary
 
 
@@ -227,3 +251,19 @@ def print_summary(label: str, summary: dict) -> None:
     print(format_table([(label, row)]))
     print(f"sparsity in %; {sp['nonzero']:,} of {sp['total']:,} prunable weights non-zero")
     print(f"wrote {summary['checkpoint']} and masks.json beside it")
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None, options: Sequence[str],
+                run: Callable[[Config, dict, DistInfo, torch.device], dict],
+                label: str | Callable[[dict], str]) -> int:
+    """A training baseline's ``main``: parse, join the process group once (torchrun; every stage shares it),
+    run, print the summary on rank 0, always leave the group."""
+    cfg, opts = parse_method_args(parser, argv, options)
+    dist_info, device = init_distributed(cfg.device)
+    try:
+        summary = run(cfg, opts, dist_info, device)
+        if dist_info.is_main:
+            print_summary(label(summary) if callable(label) else label, summary)
+    finally:
+        cleanup(dist_info)
+    return 0

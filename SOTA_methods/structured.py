@@ -35,7 +35,7 @@ Criteria (higher = keep; the lowest are pruned, one global ranking over all unit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -262,12 +262,18 @@ def _per_channel(tensors: Sequence[Tensor]) -> Tensor:
 def batch_scores(model: MultiTaskModel, channels: ChannelMasks, batch: Mapping[str, Tensor],
                  tasks: Sequence[str], method: str, *, form: str = "sq", source: str = "gate",
                  class_weights: Tensor | None = None,
-                 loss_weights: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+                 loss_weights: Mapping[str, float] | None = None,
+                 reduce: Callable[[list[Tensor]], list[Tensor]] | None = None) -> dict[str, Tensor]:
     """One batch's per-filter criterion, ``{unit layer: [C] tensor}`` (higher = keep); ``.grad`` untouched.
 
     One forward in the model's current mode, then one backward of the total loss (Taylor) or T backward passes
     through ``autograd.grad`` (CosPrune).  ``loss_weights`` scales task losses (default 1 each; CosPrune is
     invariant to it by construction, which the tests check).
+
+    ``reduce`` (DDP: the element-wise mean over the ranks) makes the score that of the global batch, whose
+    gradient is the ranks' mean gradient: Taylor reduces the per-channel Σ w·g before squaring (linear in g, so
+    exact and only C numbers per layer); CosPrune reduces the per-task gradients before the cosine (the mean of
+    per-rank cosines would be a different, noisier statistic).  Every rank gets the same scores.
     """
     if method not in METHODS:
         raise ValueError(f"unknown structured method {method!r}; choose one of {', '.join(METHODS)}")
@@ -295,12 +301,17 @@ def batch_scores(model: MultiTaskModel, channels: ChannelMasks, batch: Mapping[s
     scores: dict[str, Tensor] = {}
     if method == "taylor":
         grads = split(torch.autograd.grad(sum(losses), flat, allow_unused=True))
-        for u, params, gs in zip(channels.units, groups, grads):
-            s = _per_channel([p.detach() * g for p, g in zip(params, gs)]).sum(1)
+        sums = [_per_channel([p.detach() * g for p, g in zip(params, gs)]).sum(1) for params, gs in zip(groups, grads)]
+        if reduce is not None:
+            sums = reduce(sums)
+        for u, s in zip(channels.units, sums):
             scores[u.name] = s.pow(2) if form == "sq" else s.abs()
         return scores
     per_task = [split(torch.autograd.grad(loss, flat, retain_graph=i < len(losses) - 1, allow_unused=True))
                 for i, loss in enumerate(losses)]
+    if reduce is not None:  # one call for every task's gradients: a single collective under DDP
+        reduced = iter(reduce([g for task in per_task for unit in task for g in unit]))
+        per_task = [[[next(reduced) for _ in unit] for unit in task] for task in per_task]
     for k, u in enumerate(channels.units):
         unit_dirs = []
         for t in range(len(losses)):

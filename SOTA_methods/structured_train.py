@@ -16,13 +16,22 @@ Writes the usual trainer checkpoints (the structure is recovered from their mask
 params and FLOPs of the compacted network).  ``--save_each_step`` also keeps ``step<k>_<tasks>.model`` after each
 pruning step (S004 evaluates every step).  Scoring costs one extra forward and 1 (Taylor) or T (CosPrune)
 backward passes per iteration, run with the training RNG and BatchNorm running statistics left untouched.
+
+Under ``torchrun`` (DDP) each rank scores its own slice of the step's global batch on the unwrapped model and the
+per-step scores are made those of the global batch before accumulating (``structured.batch_scores(reduce=...)``):
+Taylor averages the per-filter Σ w·g over the ranks before squaring (Σ w·g is linear in the gradient, and the
+global-batch gradient is the ranks' mean: exact, C numbers per layer); CosPrune averages every task's filter
+gradients before the cosine (cosines do not average: the mean of per-rank cosines is a noisier statistic of
+smaller batches), one all-reduce of T × (scored conv weights) per iteration.  The accumulators, hence every
+pruning step, are then identical on all ranks.  Per-rank BatchNorm batch statistics remain (no SyncBatchNorm),
+as in the DDP training step itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -30,11 +39,12 @@ from torch import Tensor
 
 from main.checkpoint import atomic_save
 from main.config import ConfigError
-from main.distributed import all_reduce_mean, cleanup, init_distributed
+from main.distributed import DistInfo, cleanup, init_distributed
 from main.errors import cli_main
 from main.runner import build_masked_trainer
 from main.trainer import checkpoint_name
 
+from .engine import check_same_on_all_ranks, mean_over_ranks
 from .structured import (
     METHODS,
     RATIO_MEANING,
@@ -47,6 +57,17 @@ from .structured import (
     removable,
     select_lowest,
 )
+
+
+def ranks_mean(dist_info: DistInfo) -> Callable[[list[Tensor]], list[Tensor]] | None:
+    """``batch_scores``' ``reduce``: the element-wise mean of a list of tensors over the DDP ranks (None: 1 process)."""
+    if not dist_info.enabled:
+        return None
+
+    def reduce(tensors: list[Tensor]) -> list[Tensor]:
+        return list(mean_over_ranks(dict(enumerate(tensors)), dist_info).values())
+
+    return reduce
 
 
 def rewind_lr(trainer) -> None:
@@ -92,6 +113,7 @@ class StructuredPruningSchedule:
         return self.channels.pruned() >= self.target_count
 
     def _score(self, trainer, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """This step's scores on the unwrapped model (DDP's reducer only sees the training step's backward)."""
         model = trainer.model
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         devices = [trainer.device] if trainer.device.type == "cuda" else []
@@ -99,7 +121,8 @@ class StructuredPruningSchedule:
         model.train()
         try:
             with torch.random.fork_rng(devices=devices):
-                return batch_scores(model, self.channels, batch, self.tasks, self.method, **self.kwargs)
+                return batch_scores(model, self.channels, batch, self.tasks, self.method,
+                                    reduce=ranks_mean(trainer.dist), **self.kwargs)
         finally:
             model.train(was_training)
             with torch.no_grad():
@@ -114,13 +137,10 @@ class StructuredPruningSchedule:
             self.prune_step(trainer, iteration, list(batch["input"].shape[1:]))
 
     def prune_step(self, trainer, iteration: int, input_chw: list[int]) -> dict:
-        scores = self.acc.value()
-        if trainer.dist.enabled:  # every rank saw other batches: rank on the mean so the masks stay identical
-            names = list(scores)
-            flat = all_reduce_mean(torch.cat([scores[n].to(trainer.device) for n in names]), trainer.dist)
-            scores = dict(zip(names, torch.split(flat, [scores[n].numel() for n in names])))
+        scores = self.acc.value()  # identical on every rank: each step's scores were reduced (see _score)
         n = min(self.per_step, self.target_count - self.channels.pruned(), removable(self.channels))
         self.channels.remove(select_lowest(scores, self.channels, n))
+        check_same_on_all_ranks(self.channels.keep, trainer.dist, f"{self.method} pruning step at {iteration}")
         self.channels.install(trainer.masks)
         trainer.masks.zero_optimizer_state(trainer.optimizer)
         self.channels.zero_optimizer_state(trainer.optimizer)

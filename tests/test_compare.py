@@ -1,0 +1,72 @@
+"""``python -m bench.compare --quick``: cells run, the report is built from their JSON, re-runs skip finished cells."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import compare
+from main.errors import UserError
+
+
+def run(tmp_path, *extra: str) -> None:
+    assert compare.main(["--quick", "--out", str(tmp_path / "out"), "--logs", str(tmp_path / "logs"), *extra]) == 0
+
+
+def test_quick_comparison_runs_tunes_reports_and_resumes(tmp_path, capsys):
+    run(tmp_path, "--methods", "imp", "--sparsities", "90", "--seeds", "1", "--grid_lr", "1e-3", "5e-4")
+    logs = tmp_path / "logs"
+    runs = logs / "synthetic_comparison" / "runs"
+    assert sorted(p.stem for p in runs.glob("*.json")) == ["dense_seed0", "imp_sp90_seed0"]
+    # the grid: both learning rates tried on the validation split, per tunable method
+    tuned = sorted(p.stem for p in (logs / "synthetic_comparison" / "tuning").glob("*_lr*.json"))
+    assert tuned == ["imp_sp90_seed0_lr0.0005", "imp_sp90_seed0_lr0.001"]
+    assert json.loads((logs / "synthetic_comparison" / "tuning" / "imp_sp90_seed0_lr0.001.json").read_text())[
+        "split"] == "val"
+    book = json.loads((logs / "synthetic_comparison" / "cells.json").read_text())
+    assert book["imp_sp90_seed0"]["commands"][0].startswith("python -m SOTA_methods.imp")
+    assert book["imp_sp90_seed0"]["lr"] in (1e-3, 5e-4)
+    imp = json.loads((runs / "imp_sp90_seed0.json").read_text())
+    assert imp["sparsity"]["overall"] == pytest.approx(0.9, abs=0.005)  # pruned to the target
+    md = (logs / "synthetic_comparison.md").read_text()
+    for needle in ("## Target overall sparsity 90%", "| Dense (baseline) |", "| IMP |", "Sp. backbone",
+                   "python -m SOTA_methods.imp", "chosen: imp"):
+        assert needle in md, needle
+    assert "| LTH |" not in md  # only what ran is in the table
+    capsys.readouterr()
+
+    # re-running skips every finished cell (and the tuning runs): nothing is trained again
+    before = {p: p.stat().st_mtime_ns for p in runs.glob("*.json")}
+    run(tmp_path, "--methods", "imp", "--sparsities", "90", "--seeds", "1", "--grid_lr", "1e-3", "5e-4")
+    assert "done in" not in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*.json")} == before
+
+
+def test_unknown_method_and_bad_target_are_user_errors():
+    with pytest.raises(UserError, match="unknown method"):
+        compare.parse(["--methods", "magic"])
+    with pytest.raises(UserError, match="percentages"):
+        compare.parse(["--sparsities", "100"])
+
+
+def test_equal_budget_bookkeeping(tmp_path):
+    """Every method trains --iters iterations in total: pre-training + its own stages."""
+    plan = compare.Plan(compare.parse(["--iters", "1000", "--out", str(tmp_path)]))
+
+    def iters(cmd: list[str]) -> int:
+        total = int(cmd[cmd.index("--iters") + 1])
+        if "--finetune_iters" in cmd:  # IMP: rounds - 1 fine-tunes between rounds, then the final one
+            import math
+
+            target = float(cmd[cmd.index("--target") + 1])
+            rounds = math.ceil(math.log(1 - target) / math.log(0.5) - 1e-9)
+            total += (rounds - 1) * int(cmd[cmd.index("--finetune_iters") + 1])
+        return total
+
+    for method in ("adapmtl", "snip", "disparse_dynamic", "imp", "lth", "taylor"):
+        for target in (50, 70, 90, 95):
+            cmds = plan.commands(method, target, 0, tmp_path / "x", None)
+            pre = plan.P if plan.needs_pretrain(method) else 0
+            trained = sum(iters(c) for c in cmds if "--iters" in c)
+            assert pre + trained == 1000, (method, target)
