@@ -60,12 +60,13 @@ CONFIG = "configs/synthetic.yaml"
 # monotone sparsity-vs-weight-decay relation (reference-adapmtl.md §3.4) and were not swept.
 REFERENCE_CONTROL = {50: (-6.0, 5e-4), 70: (-6.0, 1.5e-3), 90: (-6.0, 5e-3), 95: (-6.0, 8e-3)}
 BUDGET_CONTROL = (-6.0, 4e-3)  # one setting for every target: the preset
-UNSTRUCTURED = ("adapmtl", "adapmtl_budget", "snip", "disparse_static", "disparse_dynamic", "imp", "lth")
+UNSTRUCTURED = ("adapmtl", "adapmtl_budget", "adapmtl_budget_track", "snip", "disparse_static",
+                "disparse_dynamic", "imp", "lth")
 STRUCTURED = ("taylor", "cosprune")
 ABLATIONS = ("adapmtl_equal_weights", "adapmtl_global_threshold")
 LABELS = {
     "dense": "Dense (baseline)", "adapmtl": "AdapMTL (stop rule, wd per target)",
-    "adapmtl_budget": "AdapMTL (budget control)",
+    "adapmtl_budget": "AdapMTL (budget control)", "adapmtl_budget_track": "AdapMTL (budget control, track mode)",
     "snip": "SNIP", "disparse_static": "DiSparse-static", "disparse_dynamic": "DiSparse-dynamic", "imp": "IMP",
     "lth": "LTH", "taylor": "Taylor (filters)", "cosprune": "CosPrune (filters)",
     "adapmtl_equal_weights": "AdapMTL w/o adaptive weighting",
@@ -122,12 +123,14 @@ class Plan:
         pre = str(self.pretrain_dir(seed) / CKPT)
         if method == "dense":
             return [["baseline.py", "--dense", "--iters", str(T)] + base]
-        if method in ("adapmtl", "adapmtl_budget", *ABLATIONS):
+        if method in ("adapmtl", "adapmtl_budget", "adapmtl_budget_track", *ABLATIONS):
             s_init, wd = REFERENCE_CONTROL[target] if method == "adapmtl" else BUDGET_CONTROL
             cmd = ["baseline.py", "--iters", str(T), "--ratio", r, "--sInit_value", str(s_init),
                    "--weight_decay", str(wd)] + base
             if method != "adapmtl":
                 cmd += ["--sparsity_control", "budget"]
+            if method == "adapmtl_budget_track":  # the first controller design, kept for the record (README)
+                cmd += ["--budget_mode", "track", "--budget_ramp", "0.5"]
             if method == "adapmtl_equal_weights":
                 cmd += ["--task_weighting", "equal"]
             if method == "adapmtl_global_threshold":
@@ -176,7 +179,7 @@ class Plan:
             add("dense", None, seed)
         # Most informative first, so that an interrupted comparison still says the most: every method at the
         # seeded target; AdapMTL's two controls at every target; ablations; structured; the rest; extra seeds.
-        adapmtl = ("adapmtl", "adapmtl_budget")
+        adapmtl = ("adapmtl", "adapmtl_budget", "adapmtl_budget_track")
         for m in ns.methods:
             if m in UNSTRUCTURED and first:
                 add(m, first[0], 0)
@@ -321,7 +324,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="seeds at --seed_sparsity (1 elsewhere); default 3")
     p.add_argument("--seed_sparsity", type=int, default=90, help="the target that gets every seed (default 90)")
     p.add_argument("--iters", type=int, default=1000, help="total training iterations per method (default 1000)")
-    p.add_argument("--methods", nargs="+", default=["dense", *UNSTRUCTURED, *ABLATIONS, *STRUCTURED],
+    p.add_argument("--methods", nargs="+", default=["dense", *[m for m in UNSTRUCTURED if m != "adapmtl_budget_track"],
+                                                    *ABLATIONS, *STRUCTURED],
                    help="subset of: dense " + " ".join(UNSTRUCTURED + ABLATIONS + STRUCTURED))
     p.add_argument("--ablation_sparsity", type=int, default=90, help="target of the ablations and the tuning grid")
     p.add_argument("--filter_ratios", type=int, nargs="+", default=[50, 75],

@@ -67,8 +67,10 @@ class Config:
     sparsity_control: str = _f("stop", "sparsity", "stop (reference: thresholds freeze while sparsity >= --ratio; "
                                "the final sparsity is set by sInit and weight decay) | budget (a controller steers "
                                "the thresholds to --ratio along a ramp; the split between components stays learned)")
-    budget_ramp: float = _f(0.5, "sparsity", "budget control: fraction of --iters over which the target sparsity "
-                            "ramps (cubically) from the initial sparsity up to --ratio")
+    budget_mode: str = _f("band", "sparsity", "budget control: band (act only above --ratio or below a floor "
+                          "ramping linearly to it; thresholds learn freely in between) | track (follow a cubic ramp)")
+    budget_ramp: float = _f(0.75, "sparsity", "budget control: fraction of --iters over which the floor (band) or "
+                            "the target (track) ramps from the initial sparsity to --ratio")
     budget_gain: float = _f(2.0, "sparsity", "budget control: change of every s per step per unit of sparsity error "
                             "(s moves in log-threshold units; the step is clipped to --budget_max_step)")
     budget_max_step: float = _f(0.1, "sparsity", "budget control: largest change of s per step")
@@ -129,6 +131,7 @@ class Config:
         _one_of("--sparse_function", self.sparse_function, ("sigmoid",))
         _one_of("--sparsity_control", self.sparsity_control, ("stop", "budget"))
         _one_of("--threshold_scope", self.threshold_scope, ("component", "global"))
+        _one_of("--budget_mode", self.budget_mode, ("band", "track"))
         if not 0.0 <= self.budget_ramp <= 1.0:
             raise ConfigError(f"--budget_ramp must be a fraction of --iters in [0, 1], got {self.budget_ramp}")
         if self.budget_integral < 0:

@@ -117,7 +117,8 @@ class Trainer:
         self.counter = SparsityCounter(self.model.components())
         self.counter.record_forward_counts(self.sparse)
         self.controller = (BudgetController(cfg.ratio, cfg.iters, cfg.budget_ramp, cfg.budget_gain,
-                                            cfg.budget_max_step, sum(self.counter.totals), cfg.budget_integral)
+                                            cfg.budget_max_step, sum(self.counter.totals), cfg.budget_integral,
+                                            cfg.budget_mode)
                            if self.sparse and cfg.sparsity_control == "budget" else None)
         self.train_set = train_set
         self.val_set = val_set

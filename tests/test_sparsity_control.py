@@ -22,23 +22,39 @@ def train(flags: list[str]) -> None:
     assert baseline.main(flags) == 0
 
 
-def test_ramp_starts_at_the_initial_sparsity_and_ends_on_target():
-    c = BudgetController(ratio=0.9, iters=100, ramp=0.5, gain=2.0, max_step=0.1, total=1000)
-    c.initial = 0.2
-    assert c.target(0) == pytest.approx(0.2)
-    assert 0.2 < c.target(10) < c.target(25) < 0.9
-    assert c.target(50) == pytest.approx(0.9) and c.target(99) == pytest.approx(0.9)
+def test_ramps_start_at_the_initial_sparsity_and_end_on_target():
+    for mode, mid in (("track", 0.9 - 0.7 * 0.5 ** 3), ("band", 0.9 - 0.7 * 0.5)):
+        c = BudgetController(ratio=0.9, iters=100, ramp=0.5, gain=2.0, max_step=0.1, total=1000, mode=mode)
+        c.initial = 0.2
+        assert c.target(0) == pytest.approx(0.2)
+        assert c.target(25) == pytest.approx(mid)  # cubic (track) vs linear floor (band)
+        assert c.target(50) == pytest.approx(0.9) and c.target(99) == pytest.approx(0.9)
 
 
-def test_step_moves_every_threshold_by_the_clipped_error():
+def test_track_mode_moves_every_threshold_by_the_clipped_error():
     s = nn.ParameterDict({"a": nn.Parameter(torch.tensor(-5.0)), "b": nn.Parameter(torch.tensor(-7.0))})
-    c = BudgetController(ratio=0.5, iters=10, ramp=0.0, gain=2.0, max_step=0.1, total=100)
+    c = BudgetController(ratio=0.5, iters=10, ramp=0.0, gain=2.0, max_step=0.1, total=100, mode="track")
     c.step(s, torch.tensor([30, 50]), iteration=1)  # 20 % sparse, target 50 %: error 0.3 -> 0.6 clipped to 0.1
     assert c.initial == pytest.approx(0.2)
     assert s["a"].item() == pytest.approx(-4.9) and s["b"].item() == pytest.approx(-6.9)
     c.step(s, torch.tensor([24, 24]), iteration=2)  # 52 % sparse: error -0.02 -> -0.04, s moves down
     assert s["a"].item() == pytest.approx(-4.94) and s["b"].item() == pytest.approx(-6.94)
     assert BudgetController(0.5, 10, 0.0, 2.0, 0.1, 100).target(0) == 0.5  # before the first step: the target
+
+
+def test_band_mode_acts_only_outside_the_band():
+    s = nn.ParameterDict({"a": nn.Parameter(torch.tensor(-5.0))})
+    c = BudgetController(ratio=0.9, iters=100, ramp=1.0, gain=2.0, max_step=0.1, total=100, integral_gain=0.1)
+    c.step(s, torch.tensor([90]), iteration=0)  # starts at 10 %: on the floor, inside the band
+    assert s["a"].item() == pytest.approx(-5.0)
+    c.step(s, torch.tensor([40]), iteration=50)  # 60 %: above the floor (50 %), below the ceiling: free
+    assert s["a"].item() == pytest.approx(-5.0)
+    c.step(s, torch.tensor([70]), iteration=50)  # 30 %: 20 points behind the floor -> pushed up (clipped)
+    assert s["a"].item() == pytest.approx(-4.9)
+    c.step(s, torch.tensor([8]), iteration=60)  # 92 %: above --ratio -> pulled down by P and I terms
+    assert s["a"].item() == pytest.approx(-4.9 + 2.0 * -0.02 + 0.1 * (0.2 - 0.02))
+    c.step(s, torch.tensor([30]), iteration=60)  # 70 %: back inside the band: no action, integral kept
+    assert s["a"].item() == pytest.approx(-4.9 + 2.0 * -0.02 + 0.1 * (0.2 - 0.02))
 
 
 def test_budget_control_lands_near_a_low_target_the_stop_rule_overshoots(tmp_path, tiny_flags):
