@@ -273,8 +273,14 @@ class Runner:
             self.ensure_pretrain(cell.seed)
         log = plan.out / "logs" / f"{cell.key}.log"
         log.unlink(missing_ok=True)
-        self.say(f"[compare] {cell.key} ({cell.split}) ...")
-        wall = run_commands(cell.commands, log)
+        tuned = self.tuning_run(cell)
+        if tuned is not None:  # the tuning run with the chosen lr IS this cell (same command, seed and data)
+            cell.checkpoint, cell.commands = tuned
+            wall = 0.0
+            self.say(f"[compare] {cell.key}: the tuning run with lr {cell.lr:g} is this cell, evaluating it")
+        else:
+            self.say(f"[compare] {cell.key} ({cell.split}) ...")
+            wall = run_commands(cell.commands, log)
         reference = None if cell.method == "dense" else self.dense_reference(cell.seed, cell.split)
         if reference is not None and not reference.is_file():
             raise UserError(f"the dense reference {reference} is missing; run the dense cells first")
@@ -286,6 +292,19 @@ class Runner:
                                     "split": cell.split, "wall_s": round(wall, 1),
                                     "commands": [shlex.join(["python", *c]) for c in cell.commands]})
         self.say(f"[compare] {cell.key} done in {wall / 60:.1f} min")
+
+    def tuning_key(self, method: str, target: int, lr: float) -> str:
+        return f"{method}_sp{target}_seed0_lr{lr:g}"
+
+    def tuning_run(self, cell: Cell) -> tuple[Path, list[list[str]]] | None:
+        """(checkpoint, commands) of a finished tuning run identical to ``cell``, if there is one."""
+        ns = self.plan.ns
+        if cell.split != "test" or cell.seed != 0 or cell.lr is None or len(ns.grid_lr) <= 1:
+            return None
+        key = self.tuning_key(cell.method, cell.target, cell.lr)
+        save = self.plan.out / "tuning" / key
+        done = (self.plan.tune / f"{key}.json").is_file() and (save / CKPT).is_file()
+        return (save / CKPT, self.plan.commands(cell.method, cell.target, 0, save, cell.lr)) if done else None
 
     def tune(self) -> dict[str, float | None]:
         """Pick each method's learning rate on the validation split (seed 0, the ablation target)."""
@@ -299,7 +318,7 @@ class Runner:
             target = ns.filter_ratios[0] if m in STRUCTURED else ns.ablation_sparsity
             scores = {}
             for lr in grid:
-                key = f"{m}_sp{target}_seed0_lr{lr:g}"
+                key = self.tuning_key(m, target, lr)
                 save = plan.out / "tuning" / key
                 cell = Cell(key, m, target, 0, plan.commands(m, target, 0, save, lr), save / CKPT, split="val", lr=lr)
                 out_json = plan.tune / f"{key}.json"

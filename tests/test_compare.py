@@ -28,6 +28,8 @@ def test_quick_comparison_runs_tunes_reports_and_resumes(tmp_path, capsys):
     assert book["imp_sp90_seed0"]["commands"][0].startswith("python -m SOTA_methods.imp")
     assert book["imp_sp90_seed0"]["lr"] in (1e-3, 5e-4)
     imp = json.loads((runs / "imp_sp90_seed0.json").read_text())
+    # the tuning run with the chosen lr is the seed-0 cell itself: evaluated on test, not trained twice
+    assert "tuning" in imp["checkpoint"] and f"lr{book['imp_sp90_seed0']['lr']:g}" in imp["checkpoint"]
     assert imp["sparsity"]["overall"] == pytest.approx(0.9, abs=0.005)  # pruned to the target
     md = (logs / "synthetic_comparison.md").read_text()
     for needle in ("## Target overall sparsity 90%", "| Dense (baseline) |", "| IMP |", "Sp. backbone",
