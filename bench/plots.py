@@ -141,8 +141,10 @@ def _colours(names: Sequence[str], *, components: bool = True) -> dict[str, Any]
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
-    if not components:
-        return {n: cmap(i % 10) for i, n in enumerate(names)}
+    if not components:  # methods: past 10 names tab10 would repeat a colour, so take tab20 then
+        wide = colormaps["tab20"] if len(names) > 10 else cmap
+        n_colours = 20 if len(names) > 10 else 10
+        return {n: wide(i % n_colours) for i, n in enumerate(names)}
     unknown = [n for n in names if n not in _COMPONENT_ORDER]
     slot = {n: i for i, n in enumerate(_COMPONENT_ORDER + unknown)}
     return {n: cmap(slot[n] % 10) for n in names}
