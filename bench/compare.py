@@ -26,10 +26,14 @@ the ``--ablation_sparsity`` target with seed 0; the learning rate with the best 
 against the dense model's validation metrics) is then used for all of that method's cells.  Reported numbers are
 the final checkpoints on the test split.
 
-Resumable: a cell whose test JSON exists is skipped, a shared pre-training whose checkpoint exists is reused; an
-interrupted cell is re-run from its start.  Writes ``logs/synthetic_comparison.md``, the raw test.py JSON of
-every run in ``logs/synthetic_comparison/runs/``, the commands and wall times in
-``logs/synthetic_comparison/cells.json`` and the plots in ``logs/synthetic_comparison/``.
+Resumable: a cell whose test JSON exists and whose recorded commands are the ones it would run now is skipped
+(one recorded with other commands, e.g. another learning rate than the grid chose, is re-run); a finished run with
+the same commands in another folder (a tuning run and its seed-0 cell) is evaluated instead of trained again; a
+shared pre-training whose checkpoint exists is reused; an interrupted cell is re-run from its start.
+
+Writes ``logs/synthetic_comparison.md``, the raw test.py JSON of every run in ``logs/synthetic_comparison/runs/``,
+the commands and wall times in ``logs/synthetic_comparison/cells.json`` and the plots in
+``logs/synthetic_comparison/``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import json
 import math
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -268,18 +273,24 @@ class Runner:
     def run_cell(self, cell: Cell, out_json: Path) -> None:
         plan = self.plan
         if out_json.is_file():
-            return
+            recorded = self.book.get(out_json.stem)
+            if recorded is None or self.same_training(recorded, out_json.stem, cell):
+                return
+            # e.g. the tuning grid chose another learning rate than the one this cell was first run with
+            self.say(f"[compare] {out_json.stem}: recorded with other commands (lr {recorded.get('lr')}), re-running")
+            out_json.unlink()
         if plan.needs_pretrain(cell.method):
             self.ensure_pretrain(cell.seed)
         log = plan.out / "logs" / f"{cell.key}.log"
         log.unlink(missing_ok=True)
-        tuned = self.tuning_run(cell)
-        if tuned is not None:  # the tuning run with the chosen lr IS this cell (same command, seed and data)
-            cell.checkpoint, cell.commands = tuned
+        twin = self.finished_twin(cell, exclude=out_json.stem)
+        if twin is not None:  # an identical training (same commands up to the folder) already ran: evaluate it
+            cell.checkpoint = twin[1]
             wall = 0.0
-            self.say(f"[compare] {cell.key}: the tuning run with lr {cell.lr:g} is this cell, evaluating it")
+            self.say(f"[compare] {cell.key}: the finished run {twin[0]} is this training, evaluating it")
         else:
             self.say(f"[compare] {cell.key} ({cell.split}) ...")
+            shutil.rmtree(cell.checkpoint.parent, ignore_errors=True)  # no stale events or checkpoints mixed in
             wall = run_commands(cell.commands, log)
         reference = None if cell.method == "dense" else self.dense_reference(cell.seed, cell.split)
         if reference is not None and not reference.is_file():
@@ -288,23 +299,41 @@ class Runner:
         if cell.method == "dense":  # the validation metrics too: the reference of the tuning grid
             evaluate(cell.checkpoint, self.dense_reference(cell.seed, "val"), None, "val", log, cell.key,
                      plan.ns.extra)
-        self.record(out_json.stem, {"method": cell.method, "target": cell.target, "seed": cell.seed, "lr": cell.lr,
-                                    "split": cell.split, "wall_s": round(wall, 1),
-                                    "commands": [shlex.join(["python", *c]) for c in cell.commands]})
+        entry = {"method": cell.method, "target": cell.target, "seed": cell.seed, "lr": cell.lr,
+                 "split": cell.split, "wall_s": round(wall, 1), "run_dir": str(cell.checkpoint.parent),
+                 "commands": [shlex.join(["python", *c]) for c in cell.commands]}
+        if twin is not None:
+            entry["reused"] = twin[0]
+        self.record(out_json.stem, entry)
         self.say(f"[compare] {cell.key} done in {wall / 60:.1f} min")
 
     def tuning_key(self, method: str, target: int, lr: float) -> str:
         return f"{method}_sp{target}_seed0_lr{lr:g}"
 
-    def tuning_run(self, cell: Cell) -> tuple[Path, list[list[str]]] | None:
-        """(checkpoint, commands) of a finished tuning run identical to ``cell``, if there is one."""
-        ns = self.plan.ns
-        if cell.split != "test" or cell.seed != 0 or cell.lr is None or len(ns.grid_lr) <= 1:
-            return None
-        key = self.tuning_key(cell.method, cell.target, cell.lr)
-        save = self.plan.out / "tuning" / key
-        done = (self.plan.tune / f"{key}.json").is_file() and (save / CKPT).is_file()
-        return (save / CKPT, self.plan.commands(cell.method, cell.target, 0, save, cell.lr)) if done else None
+    def save_dir(self, key: str, entry: dict) -> Path:
+        """Where the run recorded under ``key`` saved its checkpoint."""
+        return self.plan.out / "tuning" / key if entry.get("split") == "val" else self.plan.out / key
+
+    def same_training(self, entry: dict, key: str, cell: Cell) -> bool:
+        """True when the recorded run trained with ``cell``'s commands, up to the folder it saved in."""
+        save = cell.checkpoint.parent
+        mine = [shlex.join(["python", *c]).replace(str(save), "{SAVE}") for c in cell.commands]
+        theirs = [c.replace(str(self.save_dir(key, entry)), "{SAVE}") for c in entry.get("commands", [])]
+        return mine == theirs
+
+    def finished_twin(self, cell: Cell, exclude: str) -> tuple[str, Path] | None:
+        """(key, checkpoint) of a finished run that trained exactly as ``cell`` would.
+
+        The tuning run with the chosen learning rate is the seed-0 cell at the tuning target, and the other way
+        round: the same commands, seed and data give the same training, so it is evaluated, not trained twice.
+        """
+        for key, entry in self.book.items():
+            if key == exclude or entry.get("reused") or not self.same_training(entry, key, cell):
+                continue
+            checkpoint = self.save_dir(key, entry) / CKPT
+            if checkpoint.is_file():
+                return key, checkpoint
+        return None
 
     def tune(self) -> dict[str, float | None]:
         """Pick each method's learning rate on the validation split (seed 0, the ablation target)."""
@@ -313,7 +342,7 @@ class Runner:
         chosen: dict[str, float | None] = {}
         tunable = [m for m in ns.methods if m != "dense" and m not in ABLATIONS]
         if len(grid) <= 1 or ns.ablation_sparsity is None:
-            return {m: (grid[0] if grid else None) for m in ns.methods}
+            return {m: (grid[0] if grid and m != "dense" else None) for m in ns.methods}
         for m in tunable:
             target = ns.filter_ratios[0] if m in STRUCTURED else ns.ablation_sparsity
             scores = {}

@@ -130,7 +130,7 @@ def write_report(plan: Any, lrs: dict, elapsed_s: float) -> Path:
     if struct:
         md += ["## Structured pruning (filters of the backbone; the heads keep every filter)", ""]
         md += table([(LABELS["dense"], dense)] + struct) + [""]
-    md += _control_section(groups, REFERENCE_CONTROL) + _plots(plan, groups, root, LABELS)
+    md += _control_section(groups, REFERENCE_CONTROL) + _plots(plan, groups, root, LABELS, book)
     md += ["## Runs", "", f"Machine: `{json.dumps(_environment())}`", "",
            f"Command: `python -m bench.compare {shlex.join(sys.argv[1:])}`" if sys.argv[1:] else
            "Command: `python -m bench.compare`", "",
@@ -166,7 +166,7 @@ def _control_section(groups: dict, reference: dict) -> list[str]:
             "| target % |" + head, "|---" * (1 + 3 * len(present)) + "|", *rows, ""]
 
 
-def _plots(plan: Any, groups: dict, root: Path, labels: dict) -> list[str]:
+def _plots(plan: Any, groups: dict, root: Path, labels: dict, book: dict) -> list[str]:
     from bench.plots import plot_delta_vs_sparsity, plot_training_curves, read_scalars
 
     points = []
@@ -186,7 +186,7 @@ def _plots(plan: Any, groups: dict, root: Path, labels: dict) -> list[str]:
     curves = {}
     for key, label in ((f"adapmtl_sp{plan.ns.seed_sparsity}_seed0", "AdapMTL, stop rule"),
                        (f"adapmtl_budget_sp{plan.ns.seed_sparsity}_seed0", "AdapMTL, budget control")):
-        run = plan.out / key
+        run = Path(book.get(key, {}).get("run_dir", plan.out / key))  # a reused tuning run lives elsewhere
         if run.is_dir() and any(run.glob("events.out.tfevents.*")):
             curves[label] = read_scalars(run)
     if curves:

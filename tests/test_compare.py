@@ -72,3 +72,51 @@ def test_equal_budget_bookkeeping(tmp_path):
             pre = plan.P if plan.needs_pretrain(method) else 0
             trained = sum(iters(c) for c in cmds if "--iters" in c)
             assert pre + trained == 1000, (method, target)
+
+
+def test_tuning_reuses_identical_runs_and_reruns_cells_of_another_lr(tmp_path, monkeypatch, capsys):
+    """A cell run before the grid is the grid's run at its lr; a cell of a learning rate the grid did not
+    choose is stale and replaced by the chosen tuning run, never kept as if it were tuned."""
+    import bench.compare_report
+
+    trained: list[str] = []
+    lr_of: dict[str, str] = {}
+
+    def fake_run(commands, log):
+        for cmd in commands:
+            save = cmd[cmd.index("--save_dir") + 1]
+            trained.append(save)
+            lr_of[save] = cmd[cmd.index("--lr") + 1] if "--lr" in cmd else "dense"
+            (compare.Path(save)).mkdir(parents=True, exist_ok=True)
+            (compare.Path(save) / compare.CKPT).write_text("x")
+        return 1.0
+
+    def fake_evaluate(checkpoint, out_json, reference, split, log, label, extra):
+        score = {"0.0005": 2.0, "0.001": 1.0, "dense": 0.0}[lr_of[str(checkpoint.parent)]]
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps({"delta_t": {"overall": score}, "losses": {}, "split": split}))
+
+    monkeypatch.setattr(compare, "run_commands", fake_run)
+    monkeypatch.setattr(compare, "evaluate", fake_evaluate)
+    monkeypatch.setattr(bench.compare_report, "write_report", lambda plan, lrs, wall: tmp_path / "report.md")
+    args = ["--methods", "snip", "--sparsities", "90", "--seeds", "1", "--out", str(tmp_path / "out"),
+            "--logs", str(tmp_path / "logs")]
+    assert compare.main([*args, "--grid_lr", "1e-3"]) == 0
+    assert len(trained) == 2  # dense, snip at 1e-3
+    book_path = tmp_path / "logs" / "synthetic_comparison" / "cells.json"
+    assert json.loads(book_path.read_text())["snip_sp90_seed0"]["lr"] == 1e-3
+
+    trained.clear()
+    assert compare.main([*args, "--grid_lr", "1e-3", "5e-4"]) == 0
+    # only the grid's new learning rate trained: 1e-3 is the finished cell, the chosen 5e-4 run becomes the cell
+    assert [lr_of[s] for s in trained] == ["0.0005"]
+    book = json.loads(book_path.read_text())
+    assert book["snip_sp90_seed0_lr0.001"]["reused"] == "snip_sp90_seed0"
+    assert book["snip_sp90_seed0"]["lr"] == 5e-4
+    assert book["snip_sp90_seed0"]["reused"] == "snip_sp90_seed0_lr0.0005"
+    assert "--lr 0.0005" in book["snip_sp90_seed0"]["commands"][0]
+    assert "re-running" in capsys.readouterr().out
+
+    trained.clear()
+    assert compare.main([*args, "--grid_lr", "1e-3", "5e-4"]) == 0
+    assert trained == []  # everything is done and consistent
