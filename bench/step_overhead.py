@@ -54,10 +54,12 @@ def set_mode(tr: Trainer, sparse: bool) -> None:
 def train_step(tr: Trainer, batch: dict, limit: float) -> None:
     """The per-iteration work of ``Trainer.train`` (weighting fixed: equal weights)."""
     _, losses, counts = tr._step_losses(batch)
-    flags = _StepFlags(losses.detach(), counts, limit)
+    flags = _StepFlags(losses.detach(), counts, limit) if counts is not None or not tr.sparse else None
     total = losses.sum()
     tr.optimizer.zero_grad(set_to_none=True)
     total.backward()
+    if flags is None:  # the fused CPU path: the backward recorded the counts
+        flags = _StepFlags(losses.detach(), tr.step_counts(counts), limit)
     flags.get()
     tr.optimizer.step()
 
