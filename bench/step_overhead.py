@@ -2,10 +2,12 @@
 
 One step = what ``Trainer.train`` does per iteration: forward, per-task losses, (AdapMTL only) the on-device
 per-layer sparsity count the stop rule reads, the one-transfer step flags, backward and the Adam step, on the
-same pre-loaded batch.  Dense is the same model with ``set_sparse(False)``.  After a warm-up, dense and sparse
-steps are interleaved (alternating which goes first) so machine noise hits both alike; the medians and their
-ratio come from one run.  Configs: the CPU preset (resnet34, width 0.125, 96×96, batch 8) and ResNet34 at
-width 1 on 64×64, batch 4; each also on CUDA when a GPU is visible (timed with ``torch.cuda.synchronize``).
+same pre-loaded batch.  Dense is the same model with ``set_sparse(False)``; on CPU, ``adapmtl_general`` is AdapMTL
+with the fused soft threshold switched off (``main.sparse.FUSED_CPU``), to show what the fusion buys.  After a
+warm-up, the modes' steps are interleaved (rotating which goes first) so machine noise hits all alike; the
+medians and their ratios come from one run.  Configs: the CPU preset (resnet34, width 0.125, 96×96, batch 8)
+and ResNet34 at width 1 on 64×64, batch 4; each also on CUDA when a GPU is visible (timed with
+``torch.cuda.synchronize``).
 
     python bench/step_overhead.py [--repeats 15] [--warmup 3] [--configs preset full] [--profile]
 """
@@ -25,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import main.sparse as sparse_mod  # noqa: E402
 from main.config import Config  # noqa: E402
 from main.runner import build_trainer  # noqa: E402
 from main.trainer import Trainer, _StepFlags  # noqa: E402
@@ -51,16 +54,20 @@ def set_mode(tr: Trainer, sparse: bool) -> None:
 def train_step(tr: Trainer, batch: dict, limit: float) -> None:
     """The per-iteration work of ``Trainer.train`` (weighting fixed: equal weights)."""
     _, losses, counts = tr._step_losses(batch)
-    flags = _StepFlags(losses.detach(), counts, limit)
+    flags = _StepFlags(losses.detach(), counts, limit) if counts is not None or not tr.sparse else None
     total = losses.sum()
     tr.optimizer.zero_grad(set_to_none=True)
     total.backward()
+    if flags is None:  # the fused CPU path: the backward recorded the counts
+        flags = _StepFlags(losses.detach(), tr.step_counts(counts), limit)
     flags.get()
     tr.optimizer.step()
 
 
-def timed(tr: Trainer, batch: dict, limit: float, sparse: bool, cuda: bool) -> float:
-    set_mode(tr, sparse)
+def timed(tr: Trainer, batch: dict, limit: float, mode: str, cuda: bool) -> float:
+    """One step in ``mode``: dense, adapmtl, or adapmtl_general (the soft threshold's non-fused CPU path)."""
+    set_mode(tr, mode != "dense")
+    sparse_mod.FUSED_CPU = mode != "adapmtl_general"
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -78,18 +85,20 @@ def measure(name: str, device: str, repeats: int, warmup: int, profile: bool) ->
         batch = to_device(next(iter(tr._train_loader())), tr.device)
         limit = tr._threshold_count_limit()
         cuda = tr.device.type == "cuda"
+        modes = ["dense", "adapmtl"] + ([] if cuda else ["adapmtl_general"])
         for _ in range(warmup):
-            for sparse in (False, True):
-                timed(tr, batch, limit, sparse, cuda)
-        times: dict[bool, list[float]] = {False: [], True: []}
+            for mode in modes:
+                timed(tr, batch, limit, mode, cuda)
+        times: dict[str, list[float]] = {m: [] for m in modes}
         for i in range(repeats):
-            for sparse in ((False, True) if i % 2 == 0 else (True, False)):
-                times[sparse].append(timed(tr, batch, limit, sparse, cuda))
-        out = {"device": str(tr.device), **CONFIGS[name],
-               "dense_ms": 1e3 * statistics.median(times[False]),
-               "adapmtl_ms": 1e3 * statistics.median(times[True]),
-               "conv_layers": len(tr.counter.layers), "repeats": repeats}
+            for mode in modes[i % len(modes):] + modes[:i % len(modes)]:  # rotate which goes first
+                times[mode].append(timed(tr, batch, limit, mode, cuda))
+        sparse_mod.FUSED_CPU = True
+        out = {"device": str(tr.device), **CONFIGS[name], "conv_layers": len(tr.counter.layers), "repeats": repeats}
+        out.update({f"{m}_ms": 1e3 * statistics.median(t) for m, t in times.items()})
         out["ratio"] = out["adapmtl_ms"] / out["dense_ms"]
+        if not cuda:  # the fused CPU soft threshold against the general path, same run
+            out["ratio_general"] = out["adapmtl_general_ms"] / out["dense_ms"]
         if profile:
             from torch.profiler import ProfilerActivity
             from torch.profiler import profile as tprofile

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint, load_newest_intact
 from .config import Config, ConfigError, dump_yaml
 from .data import build_dataset, dataset_info, verify_dataset
@@ -27,6 +28,14 @@ RESUMABLE_OVERRIDES = {"iters", "device", "progress", "num_workers", "val_iters"
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of ``--device``; for a CPU run, also the allocator settings of ``main.allocator``."""
+    device = _parse_device(name)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
+
+
+def _parse_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -260,11 +260,21 @@ class Trainer:
             preds = self.net(to_channels_last(batch["input"], self.cfg.channels_last))
         preds = predictions_fp32(preds)
         losses = torch.stack([task_loss(t, preds[t], batch, self.class_weights) for t in self.tasks])
-        # The stop rule's exact per-step count, taken from the effective weights this forward built.
+        # The stop rule's exact per-step count, taken from the effective weights this forward built; None when
+        # the fused CPU path records it during the backward (``step_counts`` then reads it).
         counts = None
         if self.sparse:
-            counts = self.counter.forward_counts() if self.model.sparse else self.counter.count(self.model.taus())
+            if not self.model.sparse:
+                counts = self.counter.count(self.model.taus())
+            elif self.counter.counts_ready():
+                counts = self.counter.forward_counts()
         return preds, losses, counts
+
+    def step_counts(self, counts: Tensor | None) -> Tensor | None:
+        """The step's counts after ``backward()``: those of the forward, or those its backward recorded."""
+        if counts is None and self.sparse:
+            counts = self.counter.forward_counts()
+        return counts
 
     def sparsity_report(self) -> SparsityReport:
         taus = self.model.taus() if self.sparse else None
@@ -293,12 +303,17 @@ class Trainer:
                 _, losses, counts = self._step_losses(batch)
                 # Every rank folds in the same (all-reduced) losses, so every rank holds the same weights.
                 global_losses = all_reduce_mean(losses.detach(), self.dist)
-                flags = _StepFlags(global_losses, counts, limit)
+                # Built before the backward when the counts are there (on CUDA the flags then travel while the
+                # backward runs), after it on the fused CPU path, whose backward records them.
+                flags = _StepFlags(global_losses, counts, limit) if counts is not None or not self.sparse else None
                 saved_weighting = self.weighting.snapshot()
                 weights = self.weighting.update(global_losses, it)
                 total = (losses * weights * self.priority).sum()
                 self.optimizer.zero_grad(set_to_none=True)
                 (self.scaler.scale(total) if self.scaler is not None else total).backward()
+                if flags is None:
+                    counts = self.step_counts(counts)
+                    flags = _StepFlags(global_losses, counts, limit)
                 finite, reached = flags.get()
                 if finite:
                     consecutive_bad = 0

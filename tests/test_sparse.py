@@ -62,8 +62,14 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.detach().reshape(-1).view(torch.int32)
 
 
-def test_hand_written_backward_is_bit_identical_to_autograd_on_a_whole_model(monkeypatch):
-    """The custom soft-threshold backward (a speed fix) changes no gradient bit, tau's included."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_hand_written_backward_matches_autograd_on_a_whole_model(monkeypatch, fused):
+    """The custom soft-threshold backwards (speed fixes) against autograd's clamp.
+
+    The general path (``_SoftThreshold``, used on GPUs) changes no gradient bit, tau's included.  The fused CPU
+    path (``_SoftShrink``) gives bit-identical outputs and weight gradients; tau's gradient is one sum instead
+    of two, so it agrees to float rounding.
+    """
     import copy
 
     import main.sparse as sparse_mod
@@ -77,34 +83,55 @@ def test_hand_written_backward_is_bit_identical_to_autograd_on_a_whole_model(mon
             conv.weight.view(-1)[:4] = model.taus()["backbone"]
             conv.weight.view(-1)[4:8] = 0.0
 
+    monkeypatch.setattr(sparse_mod, "FUSED_CPU", fused)
+    outputs = {}
+
     def grads(reference: bool) -> dict[str, torch.Tensor]:
         m = copy.deepcopy(model)
         if reference:
             monkeypatch.setattr(sparse_mod, "soft_threshold",
-                                lambda w, t: w - torch.clamp(w, -t.to(w.dtype), t.to(w.dtype)))
+                                lambda w, t, _=None: w - torch.clamp(w, -t.to(w.dtype), t.to(w.dtype)))
         torch.manual_seed(1)
         out = m(x)
+        outputs[reference] = out
         sum(v.square().mean() for v in out.values()).backward()
-        monkeypatch.undo()
+        monkeypatch.setattr(sparse_mod, "soft_threshold", soft_threshold)
         return {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
 
     ref, new = grads(True), grads(False)
     assert ref.keys() == new.keys() and any(n.startswith("thresholds.") for n in ref)
+    for task in outputs[True]:
+        assert torch.equal(_bits(outputs[True][task]), _bits(outputs[False][task])), task
     for name in ref:
+        if fused and name.startswith("thresholds."):
+            assert torch.allclose(ref[name], new[name], rtol=1e-5, atol=0), name
+            continue
         assert torch.equal(_bits(ref[name]), _bits(new[name])), name
 
 
-def test_forward_counts_equal_the_tau_count_and_are_never_stale():
+@pytest.mark.parametrize("fused", [False, True])
+def test_forward_counts_equal_the_tau_count_and_are_never_stale(monkeypatch, fused):
+    """Counted by the forward (general path) or by its backward (fused CPU path): the same exact numbers."""
+    import main.sparse as sparse_mod
     from main.models import build_model
 
+    monkeypatch.setattr(sparse_mod, "FUSED_CPU", fused)
     torch.manual_seed(0)
     model = build_model("resnet34", {"segment_semantic": 5}, 0.0625, -4.0).train()
     counter = SparsityCounter(model.components())
     counter.record_forward_counts(True)
-    model(torch.randn(2, 3, 32, 32))
-    assert torch.equal(counter.forward_counts(), counter.count(model.taus()))
+    out = model(torch.randn(2, 3, 32, 32))
+    assert counter.counts_ready() is not fused
+    out["segment_semantic"].square().mean().backward()
+    assert counter.counts_ready()
+    expected = counter.count(model.taus())
+    assert 0 < int(expected.sum()) < sum(counter.totals)
+    assert torch.equal(counter.forward_counts(), expected)
     with pytest.raises(RuntimeError, match="recorded no count"):
         counter.forward_counts()  # consumed: a second read without a forward is refused
+    with torch.no_grad():  # evaluation never takes the fused path: counted in the forward
+        model(torch.randn(2, 3, 32, 32))
+    assert torch.equal(counter.forward_counts(), expected)
 
 
 def test_conv_flops_count_dense_and_nonzero_macs():
