@@ -310,6 +310,16 @@ class Runner:
         self.record(out_json.stem, entry)
         self.say(f"[compare] {cell.key} done in {wall / 60:.1f} min")
 
+    def drop_stale(self, cells: Sequence[Cell]) -> None:
+        """Remove the result of every cell recorded with other commands than it has now (e.g. another lr)."""
+        for cell in cells:
+            out_json = self.plan.runs / f"{cell.key}.json"
+            recorded = self.book.get(cell.key)
+            if out_json.is_file() and recorded is not None and not self.same_training(recorded, cell.key, cell):
+                self.say(f"[compare] {cell.key}: recorded with other commands (lr {recorded.get('lr')}), dropped "
+                         "until it is re-run")
+                out_json.unlink()
+
     def tuning_key(self, method: str, target: int, lr: float) -> str:
         return f"{method}_sp{target}_seed0_lr{lr:g}"
 
@@ -339,8 +349,11 @@ class Runner:
                 return key, checkpoint
         return None
 
-    def tune(self) -> dict[str, float | None]:
-        """Pick each method's learning rate on the validation split (seed 0, the ablation target)."""
+    def tune(self, train: bool = True) -> dict[str, float | None]:
+        """Pick each method's learning rate on the validation split (seed 0, the ablation target).
+
+        ``train=False`` (``--report_only``) only reads the finished grid: a method with a missing run is left out.
+        """
         plan, ns = self.plan, self.plan.ns
         grid = list(ns.grid_lr)
         chosen: dict[str, float | None] = {}
@@ -355,6 +368,8 @@ class Runner:
                 save = plan.out / "tuning" / key
                 cell = Cell(key, m, target, 0, plan.commands(m, target, 0, save, lr), save / CKPT, split="val", lr=lr)
                 out_json = plan.tune / f"{key}.json"
+                if not train and not out_json.is_file():
+                    break
                 self.run_cell(cell, out_json)
                 res = json.loads(out_json.read_text())
                 # Equal sparsity first: a run that stops short of the target (AdapMTL's stop rule can, with a
@@ -365,6 +380,8 @@ class Runner:
                 losses = list(res.get("losses", {}).values()) or [math.inf]
                 scores[lr] = (reached, (res.get("delta_t") or {}).get("overall", -math.inf),
                               -sum(losses) / len(losses))
+            if len(scores) < len(grid):
+                continue
             chosen[m] = max(grid, key=lambda lr: scores[lr])
             self.say(f"[compare] tuned {m}: lr {chosen[m]:g} (target reached, val Δ_T, -loss: " +
                      ", ".join(f"{lr:g}: {r}, {d:+.2f}, {loss:.3f}" for lr, (r, d, loss) in scores.items()) + ")")
@@ -427,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runner.run_cell(cell, plan.runs / f"{cell.key}.json")
         lrs = runner.tune()
         cells = plan.cells(lrs)
+        runner.drop_stale(cells)  # results of other commands leave the tables now, not only when re-run
         for i, cell in enumerate(cells, 1):
             out_json = plan.runs / f"{cell.key}.json"
             if not out_json.is_file():
@@ -434,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.run_cell(cell, out_json)
             write_report(plan, lrs, time.time() - start)  # the table grows as cells finish
     else:
-        lrs = {}
+        lrs = Runner(plan, say=lambda _: None).tune(train=False)
     path = write_report(plan, lrs, time.time() - start)
     print(f"[compare] table: {path}")
     return 0

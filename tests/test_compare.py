@@ -118,7 +118,7 @@ def test_tuning_reuses_identical_runs_and_reruns_cells_of_another_lr(tmp_path, m
     assert book["snip_sp90_seed0"]["lr"] == 5e-4
     assert book["snip_sp90_seed0"]["reused"] == "snip_sp90_seed0_lr0.0005"
     assert "--lr 0.0005" in book["snip_sp90_seed0"]["commands"][0]
-    assert "re-running" in capsys.readouterr().out
+    assert "recorded with other commands" in capsys.readouterr().out
 
     trained.clear()
     assert compare.main([*args, "--grid_lr", "1e-3", "5e-4"]) == 0
@@ -134,6 +134,12 @@ def test_tuning_reuses_identical_runs_and_reruns_cells_of_another_lr(tmp_path, m
     assert compare.main([*args, "--grid_lr", "1e-3", "5e-4"]) == 0
     assert trained == []
     assert json.loads(book_path.read_text())["snip_sp90_seed0"]["lr"] == 1e-3
+
+    # --report_only reads the grid's choice from the finished tuning runs (for the report), training nothing
+    seen = {}
+    monkeypatch.setattr(bench.compare_report, "write_report", lambda plan, lrs, wall: seen.update(lrs) or tmp_path)
+    assert compare.main([*args, "--grid_lr", "1e-3", "5e-4", "--report_only"]) == 0
+    assert trained == [] and seen["snip"] == 1e-3
 
 
 def test_tuning_prefers_a_learning_rate_that_reaches_the_target(tmp_path, monkeypatch):
