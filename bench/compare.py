@@ -451,8 +451,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"[compare] cell {i}/{len(cells)}", flush=True)
             runner.run_cell(cell, out_json)
             write_report(plan, lrs, time.time() - start)  # the table grows as cells finish
-    else:
-        lrs = Runner(plan, say=lambda _: None).tune(train=False)
+    else:  # the grid's choice from the finished tuning runs; results of other commands leave the tables
+        runner = Runner(plan)
+        lrs = runner.tune(train=False)
+        runner.drop_stale([c for c in plan.cells(lrs) if c.method in lrs])
     path = write_report(plan, lrs, time.time() - start)
     print(f"[compare] table: {path}")
     return 0
