@@ -2,8 +2,9 @@
 
 One step = what ``Trainer.train`` does per iteration: forward, per-task losses, (AdapMTL only) the on-device
 per-layer sparsity count the stop rule reads, the one-transfer step flags, backward and the Adam step, on the
-same pre-loaded batch.  Dense is the same model with ``set_sparse(False)``; on CPU, ``adapmtl_general`` is AdapMTL
-with the fused soft threshold switched off (``main.sparse.FUSED_CPU``), to show what the fusion buys.  After a
+same pre-loaded batch.  Dense is the same model with ``set_sparse(False)``.  On CPU two more modes show what each
+speed-up buys: ``adapmtl_per_layer`` takes the fused soft threshold one autograd node per layer instead of one per
+component (``main.sparse.GROUPED_CPU``), ``adapmtl_general`` switches the fusion off (``FUSED_CPU``).  After a
 warm-up, the modes' steps are interleaved (rotating which goes first) so machine noise hits all alike; the
 medians and their ratios come from one run.  Configs: the CPU preset (resnet34, width 0.125, 96×96, batch 8)
 and ResNet34 at width 1 on 64×64, batch 4; each also on CUDA when a GPU is visible (timed with
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import main.sparse as sparse_mod  # noqa: E402
 from main.config import Config  # noqa: E402
 from main.runner import build_trainer  # noqa: E402
-from main.trainer import Trainer, _StepFlags  # noqa: E402
+from main.trainer import Trainer  # noqa: E402
 from main.validation import to_device  # noqa: E402
 
 CONFIGS = {
@@ -54,20 +55,21 @@ def set_mode(tr: Trainer, sparse: bool) -> None:
 def train_step(tr: Trainer, batch: dict, limit: float) -> None:
     """The per-iteration work of ``Trainer.train`` (weighting fixed: equal weights)."""
     _, losses, counts = tr._step_losses(batch)
-    flags = _StepFlags(losses.detach(), counts, limit) if counts is not None or not tr.sparse else None
+    flags = tr.flags_before_backward(losses.detach(), counts, limit)
     total = losses.sum()
     tr.optimizer.zero_grad(set_to_none=True)
     total.backward()
-    if flags is None:  # the fused CPU path: the backward recorded the counts
-        flags = _StepFlags(losses.detach(), tr.step_counts(counts), limit)
+    flags, _ = tr.flags_after_backward(flags, losses.detach(), counts, limit)
     flags.get()
     tr.optimizer.step()
 
 
 def timed(tr: Trainer, batch: dict, limit: float, mode: str, cuda: bool) -> float:
-    """One step in ``mode``: dense, adapmtl, or adapmtl_general (the soft threshold's non-fused CPU path)."""
+    """One step in ``mode``: dense; adapmtl; adapmtl_per_layer (the fused CPU soft threshold, one autograd node per
+    layer instead of per component); adapmtl_general (the non-fused path GPUs take)."""
     set_mode(tr, mode != "dense")
     sparse_mod.FUSED_CPU = mode != "adapmtl_general"
+    sparse_mod.GROUPED_CPU = mode != "adapmtl_per_layer"
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -85,7 +87,7 @@ def measure(name: str, device: str, repeats: int, warmup: int, profile: bool) ->
         batch = to_device(next(iter(tr._train_loader())), tr.device)
         limit = tr._threshold_count_limit()
         cuda = tr.device.type == "cuda"
-        modes = ["dense", "adapmtl"] + ([] if cuda else ["adapmtl_general"])
+        modes = ["dense", "adapmtl"] + ([] if cuda else ["adapmtl_per_layer", "adapmtl_general"])
         for _ in range(warmup):
             for mode in modes:
                 timed(tr, batch, limit, mode, cuda)
@@ -93,11 +95,12 @@ def measure(name: str, device: str, repeats: int, warmup: int, profile: bool) ->
         for i in range(repeats):
             for mode in modes[i % len(modes):] + modes[:i % len(modes)]:  # rotate which goes first
                 times[mode].append(timed(tr, batch, limit, mode, cuda))
-        sparse_mod.FUSED_CPU = True
+        sparse_mod.FUSED_CPU = sparse_mod.GROUPED_CPU = True
         out = {"device": str(tr.device), **CONFIGS[name], "conv_layers": len(tr.counter.layers), "repeats": repeats}
         out.update({f"{m}_ms": 1e3 * statistics.median(t) for m, t in times.items()})
         out["ratio"] = out["adapmtl_ms"] / out["dense_ms"]
         if not cuda:  # the fused CPU soft threshold against the general path, same run
+            out["ratio_per_layer"] = out["adapmtl_per_layer_ms"] / out["dense_ms"]
             out["ratio_general"] = out["adapmtl_general_ms"] / out["dense_ms"]
         if profile:
             from torch.profiler import ProfilerActivity

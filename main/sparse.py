@@ -98,6 +98,69 @@ class _SoftShrink(torch.autograd.Function):
         return (grad_w if ctx.needs_input_grad[0] else None), grad_tau, None
 
 
+class _GroupSoftShrink(torch.autograd.Function):
+    """``_SoftShrink`` for every convolution of one component in ONE autograd node.
+
+    At the CPU preset the weights are small (a width-1/8 ResNet34 and its heads: about 3 ms of elementwise work
+    per step in all), so what AdapMTL adds to a step is mostly fixed cost per layer: a Python autograd node, a
+    ``tau.item()``, the accumulation of 72 scalar gradients into tau.  One node per component pays these once per
+    component.  The values are ``_SoftShrink``'s, bit for bit, weights and their gradients alike; tau's gradient
+    is the same per-layer dot products summed in one reduction (float rounding, as before).  Outputs that get no
+    gradient (a layer off the loss's path) still have their kept weights counted, so the stop rule's counts are
+    complete whenever ``backward()`` has run.
+    """
+
+    @staticmethod
+    def forward(ctx, tau: Tensor, convs: tuple[SoftThresholdConv2d, ...], *weights: Tensor) -> tuple[Tensor, ...]:  # noqa: D102
+        ctx.lambd = tau.item()
+        ctx.convs = convs
+        ctx.set_materialize_grads(False)
+        outs = tuple(F.softshrink(w, ctx.lambd) for w in weights)
+        ctx.save_for_backward(*weights, *outs)
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # noqa: D102
+        n = len(grads)
+        saved = ctx.saved_tensors
+        grad_ws: list[Tensor | None] = [None] * n
+        dots = []
+        for i, grad in enumerate(grads):
+            out = saved[n + i]
+            sign = out.sign().reshape(-1)
+            if grad is not None:
+                grad_w = torch.ops.aten.softshrink_backward(grad, saved[i], ctx.lambd)
+                if ctx.needs_input_grad[0]:
+                    dots.append(torch.dot(grad_w.reshape(-1), sign))
+                if ctx.needs_input_grad[2 + i]:
+                    grad_ws[i] = grad_w
+            if ctx.convs[i].record_nnz:
+                ctx.convs[i].last_nnz = _count_signs(sign)
+        grad_tau = -torch.stack(dots).sum() if dots else None
+        return (grad_tau, None, *grad_ws)
+
+
+def grouped_soft_threshold(convs: list[SoftThresholdConv2d], tau: Tensor) -> tuple[Tensor, ...] | None:
+    """The effective weights of ``convs`` (one component, one ``tau``) from one ``_GroupSoftShrink`` node, or None
+    where that fused CPU training path does not apply (each conv then thresholds its own weight in its forward).
+
+    It applies when training on CPU with fp32 weights and a scalar tau, outside autocast's reach (``--amp`` keeps
+    the threshold in fp32: autocast is switched off around it, as in ``soft_threshold``).
+    """
+    if not (FUSED_CPU and GROUPED_CPU and convs and torch.is_grad_enabled() and tau.device.type == "cpu"
+            and tau.numel() == 1):
+        return None
+    weights = [conv.weight for conv in convs]
+    if any(w.device.type != "cpu" or w.dtype != torch.float32 for w in weights):
+        return None
+    if not (tau.requires_grad or any(w.requires_grad for w in weights)):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return _GroupSoftShrink.apply(tau.float(), tuple(convs), *weights)
+    return _GroupSoftShrink.apply(tau.float(), tuple(convs), *weights)
+
+
 def _count_signs(sign: Tensor) -> Tensor:
     """Non-zeros of a ±1/±0 vector as an int64 device scalar.
 
@@ -111,6 +174,8 @@ def _count_signs(sign: Tensor) -> Tensor:
 
 # The fused CPU path (``_SoftShrink``) is on by default; tests switch it off to check the general one.
 FUSED_CPU = True
+# ... and taken one node per component (``_GroupSoftShrink``) by the model; off: one node per layer.
+GROUPED_CPU = True
 
 
 def soft_threshold(weight: Tensor, tau: Tensor, count_into: SoftThresholdConv2d | None = None) -> Tensor:
@@ -164,6 +229,9 @@ class SoftThresholdConv2d(nn.Conv2d):
         # training path the backward fills it in instead (see ``soft_threshold``).
         self.record_nnz = False
         self.last_nnz: Tensor | None = None
+        # The effective weight for the next forward, when the model built its component's in one node
+        # (``grouped_soft_threshold``); consumed by that forward, so a later call thresholds afresh.
+        self.pending_weight: Tensor | None = None
 
     def effective_weight(self, tau: Tensor | None = None) -> Tensor:
         tau = self.tau if tau is None else tau
@@ -172,8 +240,11 @@ class SoftThresholdConv2d(nn.Conv2d):
         return soft_threshold(self.weight, tau)
 
     def forward(self, x: Tensor) -> Tensor:
+        weight, self.pending_weight = self.pending_weight, None
         if self.tau is None:
             weight = self.weight
+        elif weight is not None:  # built by the model with its component's; counted by that node's backward
+            self.last_nnz = None
         else:
             self.last_nnz = None  # never a count of an earlier forward
             weight = soft_threshold(self.weight, self.tau, self if self.record_nnz else None)

@@ -261,7 +261,7 @@ class Trainer:
         preds = predictions_fp32(preds)
         losses = torch.stack([task_loss(t, preds[t], batch, self.class_weights) for t in self.tasks])
         # The stop rule's exact per-step count, taken from the effective weights this forward built; None when
-        # the fused CPU path records it during the backward (``step_counts`` then reads it).
+        # the fused CPU path records it during the backward (``flags_after_backward`` then reads it).
         counts = None
         if self.sparse:
             if not self.model.sparse:
@@ -270,11 +270,21 @@ class Trainer:
                 counts = self.counter.forward_counts()
         return preds, losses, counts
 
-    def step_counts(self, counts: Tensor | None) -> Tensor | None:
-        """The step's counts after ``backward()``: those of the forward, or those its backward recorded."""
-        if counts is None and self.sparse:
+    def flags_before_backward(self, losses: Tensor, counts: Tensor | None, limit: float) -> _StepFlags | None:
+        """The step's flags when the forward already gave its counts (on CUDA they then travel while the backward
+        runs); None on the fused CPU path, whose backward records the counts: ``flags_after_backward`` builds them.
+        """
+        return _StepFlags(losses, counts, limit) if counts is not None or not self.sparse else None
+
+    def flags_after_backward(self, flags: _StepFlags | None, losses: Tensor, counts: Tensor | None,
+                             limit: float) -> tuple[_StepFlags, Tensor | None]:
+        """The step's flags and counts once ``backward()`` has run: those built before it, or built now from the
+        counts the backward recorded."""
+        if flags is not None:
+            return flags, counts
+        if self.sparse:
             counts = self.counter.forward_counts()
-        return counts
+        return _StepFlags(losses, counts, limit), counts
 
     def sparsity_report(self) -> SparsityReport:
         taus = self.model.taus() if self.sparse else None
@@ -303,17 +313,13 @@ class Trainer:
                 _, losses, counts = self._step_losses(batch)
                 # Every rank folds in the same (all-reduced) losses, so every rank holds the same weights.
                 global_losses = all_reduce_mean(losses.detach(), self.dist)
-                # Built before the backward when the counts are there (on CUDA the flags then travel while the
-                # backward runs), after it on the fused CPU path, whose backward records them.
-                flags = _StepFlags(global_losses, counts, limit) if counts is not None or not self.sparse else None
+                flags = self.flags_before_backward(global_losses, counts, limit)
                 saved_weighting = self.weighting.snapshot()
                 weights = self.weighting.update(global_losses, it)
                 total = (losses * weights * self.priority).sum()
                 self.optimizer.zero_grad(set_to_none=True)
                 (self.scaler.scale(total) if self.scaler is not None else total).backward()
-                if flags is None:
-                    counts = self.step_counts(counts)
-                    flags = _StepFlags(global_losses, counts, limit)
+                flags, counts = self.flags_after_backward(flags, global_losses, counts, limit)
                 finite, reached = flags.get()
                 if finite:
                     consecutive_bad = 0

@@ -62,13 +62,26 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.detach().reshape(-1).view(torch.int32)
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_hand_written_backward_matches_autograd_on_a_whole_model(monkeypatch, fused):
+PATHS = {"general": (False, False), "per_layer": (True, False), "grouped": (True, True)}  # FUSED_CPU, GROUPED_CPU
+
+
+def _use_path(monkeypatch, path: str) -> bool:
+    import main.sparse as sparse_mod
+
+    fused, grouped = PATHS[path]
+    monkeypatch.setattr(sparse_mod, "FUSED_CPU", fused)
+    monkeypatch.setattr(sparse_mod, "GROUPED_CPU", grouped)
+    return fused
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_hand_written_backward_matches_autograd_on_a_whole_model(monkeypatch, path):
     """The custom soft-threshold backwards (speed fixes) against autograd's clamp.
 
     The general path (``_SoftThreshold``, used on GPUs) changes no gradient bit, tau's included.  The fused CPU
-    path (``_SoftShrink``) gives bit-identical outputs and weight gradients; tau's gradient is one sum instead
-    of two, so it agrees to float rounding.
+    path, one autograd node per layer (``_SoftShrink``) or per component (``_GroupSoftShrink``), gives
+    bit-identical outputs and weight gradients; tau's gradient is summed in another order, so it agrees to float
+    rounding.
     """
     import copy
 
@@ -83,12 +96,13 @@ def test_hand_written_backward_matches_autograd_on_a_whole_model(monkeypatch, fu
             conv.weight.view(-1)[:4] = model.taus()["backbone"]
             conv.weight.view(-1)[4:8] = 0.0
 
-    monkeypatch.setattr(sparse_mod, "FUSED_CPU", fused)
+    fused = _use_path(monkeypatch, path)
     outputs = {}
 
     def grads(reference: bool) -> dict[str, torch.Tensor]:
         m = copy.deepcopy(model)
-        if reference:
+        if reference:  # autograd's clamp, layer by layer (no grouped node)
+            monkeypatch.setattr(sparse_mod, "FUSED_CPU", False)
             monkeypatch.setattr(sparse_mod, "soft_threshold",
                                 lambda w, t, _=None: w - torch.clamp(w, -t.to(w.dtype), t.to(w.dtype)))
         torch.manual_seed(1)
@@ -96,6 +110,7 @@ def test_hand_written_backward_matches_autograd_on_a_whole_model(monkeypatch, fu
         outputs[reference] = out
         sum(v.square().mean() for v in out.values()).backward()
         monkeypatch.setattr(sparse_mod, "soft_threshold", soft_threshold)
+        _use_path(monkeypatch, path)
         return {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
 
     ref, new = grads(True), grads(False)
@@ -109,13 +124,12 @@ def test_hand_written_backward_matches_autograd_on_a_whole_model(monkeypatch, fu
         assert torch.equal(_bits(ref[name]), _bits(new[name])), name
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_forward_counts_equal_the_tau_count_and_are_never_stale(monkeypatch, fused):
-    """Counted by the forward (general path) or by its backward (fused CPU path): the same exact numbers."""
-    import main.sparse as sparse_mod
+@pytest.mark.parametrize("path", list(PATHS))
+def test_forward_counts_equal_the_tau_count_and_are_never_stale(monkeypatch, path):
+    """Counted by the forward (general path) or by its backward (fused CPU paths): the same exact numbers."""
     from main.models import build_model
 
-    monkeypatch.setattr(sparse_mod, "FUSED_CPU", fused)
+    fused = _use_path(monkeypatch, path)
     torch.manual_seed(0)
     model = build_model("resnet34", {"segment_semantic": 5}, 0.0625, -4.0).train()
     counter = SparsityCounter(model.components())
@@ -132,6 +146,37 @@ def test_forward_counts_equal_the_tau_count_and_are_never_stale(monkeypatch, fus
     with torch.no_grad():  # evaluation never takes the fused path: counted in the forward
         model(torch.randn(2, 3, 32, 32))
     assert torch.equal(counter.forward_counts(), expected)
+
+
+def test_grouped_effective_weights_serve_only_the_forward_that_built_them(monkeypatch):
+    """The model builds each component's effective weights in one node before its forward; after that forward
+    none is left behind, so a conv called on its own after an optimiser step thresholds its updated weight."""
+    from main.models import build_model
+
+    _use_path(monkeypatch, "grouped")
+    torch.manual_seed(0)
+    model = build_model("resnet34", {"segment_semantic": 5}, 0.0625, -4.0).train()
+    x = torch.randn(2, 3, 32, 32)
+    model(x)["segment_semantic"].sum().backward()
+    convs = [c for cs in model._component_convs.values() for c in cs]
+    assert all(c.pending_weight is None for c in convs)
+
+    def broken(_):
+        raise ValueError("a head that fails before its convolutions run")
+
+    monkeypatch.setattr(model.heads["segment_semantic"], "forward", broken)
+    with pytest.raises(ValueError, match="fails before"):
+        model(x)
+    assert all(c.pending_weight is None for c in convs)  # the head's were built, never consumed
+    monkeypatch.undo()
+    conv = model._component_convs["backbone"][0]
+    with torch.no_grad():
+        conv.weight.mul_(3.0)
+    conv.tau = model.taus()["backbone"]
+    x1 = torch.randn(1, 3, 8, 8)
+    expected = torch.nn.functional.conv2d(x1, soft_threshold(conv.weight, conv.tau), None, conv.stride,
+                                          conv.padding)
+    assert torch.equal(conv(x1), expected)
 
 
 def test_conv_flops_count_dense_and_nonzero_macs():

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..sparse import SoftThresholdConv2d, sparse_convs, threshold_value
+from ..sparse import SoftThresholdConv2d, grouped_soft_threshold, sparse_convs, threshold_value
 
 BACKBONE = "backbone"
 SHARED = "shared"  # the single threshold's key under threshold_scope="global"
@@ -89,10 +89,18 @@ class MultiTaskModel(nn.Module):
         taus = self.taus() if self.sparse else {}
         for name, convs in self._component_convs.items():
             tau = taus.get(name)
-            for conv in convs:
+            # CPU training: the component's effective weights in one autograd node (main.sparse)
+            pending = grouped_soft_threshold(convs, tau) if tau is not None else None
+            for i, conv in enumerate(convs):
                 conv.tau = tau
+                conv.pending_weight = pending[i] if pending is not None else None
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         self._assign_taus()
-        features = self.backbone(x)
-        return {task: head(features) for task, head in self.heads.items()}
+        try:
+            features = self.backbone(x)
+            return {task: head(features) for task, head in self.heads.items()}
+        finally:  # a weight built for this forward never serves a later one (after an optimiser step)
+            for convs in self._component_convs.values():
+                for conv in convs:
+                    conv.pending_weight = None
