@@ -7,12 +7,13 @@ overhead; the run's final iteration would otherwise trigger both).  The bare ste
 ``bench/step_overhead.py`` on the same model, from the same state, over the same batches loaded beforehand.
 Loop and bare runs alternate ``--rounds`` times; the medians and the overhead fraction come from one run.
 
-    python bench/loop_overhead.py [--iters 60] [--rounds 2]
+    python bench/loop_overhead.py [--iters 60] [--rounds 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -50,7 +51,7 @@ def restore(tr: Trainer, state: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     ns = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
@@ -77,7 +78,8 @@ def main() -> int:
             bare_s.append(time.perf_counter() - t0)
             restore(tr, start)
             t0 = time.perf_counter()
-            tr.train()
+            with contextlib.redirect_stdout(sys.stderr):  # the run's log lines; stdout carries only the JSON
+                tr.train()
             loop_s.append(time.perf_counter() - t0)
         loop, bare = statistics.median(loop_s), statistics.median(bare_s)
         print(json.dumps({"machine": f"{platform.machine()} {torch.get_num_threads()} threads",
