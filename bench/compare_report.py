@@ -135,7 +135,8 @@ def write_report(plan: Any, lrs: dict, elapsed_s: float) -> Path:
            f"Command: `python -m bench.compare {shlex.join(sys.argv[1:])}`" if sys.argv[1:] else
            "Command: `python -m bench.compare`", "",
            f"Sum of the cells' wall times: {sum(e.get('wall_s', 0) for e in book.values()) / 3600:.2f} h "
-           "(training and evaluation; cells run one after another).", "",
+           "(the training commands of each cell, evaluation not included; cells recorded with `jobs` ran that "
+           "many at a time with `threads` CPU threads each, the others one at a time with torch's default).", "",
            "| cell | wall (min) | commands |", "|---|---|---|"]
     for key, entry in book.items():
         cmds = "<br>".join(f"`{c}`" for c in entry.get("commands", []))

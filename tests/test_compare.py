@@ -82,7 +82,7 @@ def test_tuning_reuses_identical_runs_and_reruns_cells_of_another_lr(tmp_path, m
     trained: list[str] = []
     lr_of: dict[str, str] = {}
 
-    def fake_run(commands, log):
+    def fake_run(commands, log, threads=None):
         for cmd in commands:
             save = cmd[cmd.index("--save_dir") + 1]
             trained.append(save)
@@ -93,7 +93,7 @@ def test_tuning_reuses_identical_runs_and_reruns_cells_of_another_lr(tmp_path, m
 
     scores = {"0.0005": 2.0, "0.001": 1.0, "dense": 0.0}
 
-    def fake_evaluate(checkpoint, out_json, reference, split, log, label, extra):
+    def fake_evaluate(checkpoint, out_json, reference, split, log, label, extra, threads=None):
         score = scores[lr_of[str(checkpoint.parent)]]
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps({"delta_t": {"overall": score}, "losses": {}, "split": split,
@@ -148,7 +148,7 @@ def test_tuning_prefers_a_learning_rate_that_reaches_the_target(tmp_path, monkey
 
     lr_of: dict[str, str] = {}
 
-    def fake_run(commands, log):
+    def fake_run(commands, log, threads=None):
         for cmd in commands:
             save = cmd[cmd.index("--save_dir") + 1]
             lr_of[save] = cmd[cmd.index("--lr") + 1] if "--lr" in cmd else "dense"
@@ -156,7 +156,7 @@ def test_tuning_prefers_a_learning_rate_that_reaches_the_target(tmp_path, monkey
             (compare.Path(save) / compare.CKPT).write_text("x")
         return 1.0
 
-    def fake_evaluate(checkpoint, out_json, reference, split, log, label, extra):
+    def fake_evaluate(checkpoint, out_json, reference, split, log, label, extra, threads=None):
         lr = lr_of[str(checkpoint.parent)]
         # the small lr scores better but ends at 85% (stopped short of 90%); the large one reaches 90.6%
         res = {"0.0005": (9.0, 0.85), "0.001": (1.0, 0.906), "dense": (0.0, 0.0)}[lr]
@@ -171,3 +171,62 @@ def test_tuning_prefers_a_learning_rate_that_reaches_the_target(tmp_path, monkey
                          "--out", str(tmp_path / "out"), "--logs", str(tmp_path / "logs")]) == 0
     book = json.loads((tmp_path / "logs" / "synthetic_comparison" / "cells.json").read_text())
     assert book["adapmtl_sp90_seed0"]["lr"] == 1e-3
+
+
+def test_jobs_run_cells_side_by_side_with_their_share_of_the_cores(tmp_path, monkeypatch):
+    """--jobs 2: two cells train at once, each told its thread count; the results are the same bookkeeping as
+    one at a time, and a failing cell stops the comparison with its error."""
+    import threading
+    import time
+
+    import bench.compare_report
+
+    active, peak, threads_seen = [0], [0], set()
+    lock = threading.Lock()
+
+    def fake_run(commands, log, threads=None):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            threads_seen.add(threads)
+        time.sleep(0.2)
+        for cmd in commands:
+            save = compare.Path(cmd[cmd.index("--save_dir") + 1])
+            save.mkdir(parents=True, exist_ok=True)
+            (save / compare.CKPT).write_text("x")
+            if "--lr" in cmd and cmd[cmd.index("--lr") + 1] == "0.0005" and "imp" in str(save) and fail[0]:
+                raise UserError("command failed (exit 1): a broken cell")
+        with lock:
+            active[0] -= 1
+        return 1.0
+
+    def fake_evaluate(checkpoint, out_json, reference, split, log, label, extra, threads=None):
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps({"delta_t": {"overall": 0.0}, "losses": {}, "split": split,
+                                        "sparsity": {"overall": 0.9}}))
+
+    fail = [False]
+    monkeypatch.setattr(compare, "run_commands", fake_run)
+    monkeypatch.setattr(compare, "evaluate", fake_evaluate)
+    monkeypatch.setattr(bench.compare_report, "write_report", lambda plan, lrs, wall: tmp_path / "report.md")
+    monkeypatch.setattr(compare.os, "cpu_count", lambda: 4)
+    args = ["--methods", "snip", "lth", "--sparsities", "90", "--seeds", "2", "--grid_lr", "1e-3", "--out",
+            str(tmp_path / "out"), "--logs", str(tmp_path / "logs"), "--jobs", "2"]
+    assert compare.main(args) == 0
+    assert peak[0] == 2 and threads_seen == {2}  # 4 cores, 2 jobs: 2 threads each
+    book = json.loads((tmp_path / "logs" / "synthetic_comparison" / "cells.json").read_text())
+    assert {"dense_seed0", "dense_seed1", "pretrain_P500_seed0", "pretrain_P500_seed1", "snip_sp90_seed0",
+            "snip_sp90_seed1", "lth_sp90_seed0", "lth_sp90_seed1"} <= set(book)
+    assert all(e["jobs"] == 2 and e["threads"] == 2 for e in book.values())
+
+    fail[0] = True
+    with pytest.raises(UserError, match="a broken cell"):
+        compare.main(["--methods", "imp", "--sparsities", "90", "--seeds", "1", "--grid_lr", "1e-3", "5e-4",
+                      "--out", str(tmp_path / "out"), "--logs", str(tmp_path / "logs"), "--jobs", "2"])
+
+
+def test_job_layout_defaults():
+    assert compare.job_layout(compare.parse(["--jobs", "1"])) == (1, None)
+    assert compare.job_layout(compare.parse(["--extra", "--device", "cuda"]))[0] == 1
+    jobs, threads = compare.job_layout(compare.parse([]))
+    assert jobs == min(compare.os.cpu_count() or 1, 8) and (threads is None) == (jobs == 1)
