@@ -419,10 +419,9 @@ class Runner:
         if train:
             self.parallel([functools.partial(self.run_cell, *tuning_cell(m, lr)) for m in tunable for lr in grid])
         for m in tunable:
-            target = ns.filter_ratios[0] if m in STRUCTURED else ns.ablation_sparsity
             scores = {}
             for lr in grid:
-                _, out_json = tuning_cell(m, lr)
+                cell, out_json = tuning_cell(m, lr)
                 if not out_json.is_file():  # --report_only: a run of the grid is missing
                     break
                 res = json.loads(out_json.read_text())
@@ -430,7 +429,7 @@ class Runner:
                 # small lr) is not at the target, so it only wins when no lr gets there.  Then validation Δ_T;
                 # where that is undefined (a dense metric of 0) the mean validation loss decides.
                 overall = (res.get("sparsity") or {}).get("overall")
-                reached = m in STRUCTURED or overall is None or overall >= target / 100 - TUNING_SHORTFALL
+                reached = m in STRUCTURED or overall is None or overall >= cell.target / 100 - TUNING_SHORTFALL
                 losses = list(res.get("losses", {}).values()) or [math.inf]
                 scores[lr] = (reached, (res.get("delta_t") or {}).get("overall", -math.inf),
                               -sum(losses) / len(losses))

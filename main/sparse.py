@@ -88,14 +88,22 @@ class _SoftShrink(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # noqa: D102
         weight, out = ctx.saved_tensors
-        grad_w = torch.ops.aten.softshrink_backward(grad, weight, ctx.lambd)
-        sign = out.sign().reshape(-1)  # ±1 where kept (the sign of W), ±0 elsewhere, where grad_w is 0 anyway
-        grad_tau = None
-        if ctx.needs_input_grad[1]:  # a dot reads both once: ~5x faster than a product and a sum
-            grad_tau = -torch.dot(grad_w.reshape(-1), sign)
+        grad_w, sign, dot = _shrink_backward(grad, weight, out, ctx.lambd, ctx.needs_input_grad[1])
         if ctx.sink is not None:
             ctx.sink.last_nnz = _count_signs(sign)
-        return (grad_w if ctx.needs_input_grad[0] else None), grad_tau, None
+        return (grad_w if ctx.needs_input_grad[0] else None), (None if dot is None else -dot), None
+
+
+def _shrink_backward(grad: Tensor, weight: Tensor, out: Tensor, lambd: float,
+                     tau_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One thresholded weight's backward: (W's gradient, the flat sign vector of W_eff, Σ g_W·sign or None).
+
+    The sign is ±1 where kept (the sign of W) and ±0 elsewhere, where W's gradient is 0 anyway, so tau's gradient
+    is minus the dot product: a dot reads both once, ~5x faster than a product and a sum.
+    """
+    grad_w = torch.ops.aten.softshrink_backward(grad, weight, lambd)
+    sign = out.sign().reshape(-1)
+    return grad_w, sign, (torch.dot(grad_w.reshape(-1), sign) if tau_grad else None)
 
 
 class _GroupSoftShrink(torch.autograd.Function):
@@ -126,12 +134,12 @@ class _GroupSoftShrink(torch.autograd.Function):
         grad_ws: list[Tensor | None] = [None] * n
         dots = []
         for i, grad in enumerate(grads):
-            out = saved[n + i]
-            sign = out.sign().reshape(-1)
-            if grad is not None:
-                grad_w = torch.ops.aten.softshrink_backward(grad, saved[i], ctx.lambd)
-                if ctx.needs_input_grad[0]:
-                    dots.append(torch.dot(grad_w.reshape(-1), sign))
+            if grad is None:  # off the loss's path: nothing to propagate, but the count is still due
+                sign = saved[n + i].sign().reshape(-1)
+            else:
+                grad_w, sign, dot = _shrink_backward(grad, saved[i], saved[n + i], ctx.lambd, ctx.needs_input_grad[0])
+                if dot is not None:
+                    dots.append(dot)
                 if ctx.needs_input_grad[2 + i]:
                     grad_ws[i] = grad_w
             if ctx.convs[i].record_nnz:
@@ -155,10 +163,8 @@ def grouped_soft_threshold(convs: list[SoftThresholdConv2d], tau: Tensor) -> tup
         return None
     if not (tau.requires_grad or any(w.requires_grad for w in weights)):
         return None
-    if torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            return _GroupSoftShrink.apply(tau.float(), tuple(convs), *weights)
-    return _GroupSoftShrink.apply(tau.float(), tuple(convs), *weights)
+    with torch.autocast("cpu", enabled=False):
+        return _GroupSoftShrink.apply(tau.float(), tuple(convs), *weights)
 
 
 def _count_signs(sign: Tensor) -> Tensor:
