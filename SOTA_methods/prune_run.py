@@ -56,7 +56,8 @@ def score_batches(cfg: Config, n: int, rank: int = 0, world_size: int = 1):
     """
     dataset = build_dataset(cfg, "train")
     verify_dataset(dataset)
-    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank=rank, world_size=world_size)
+    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank=rank, world_size=world_size,
+                                    stream=getattr(dataset, "stream", False))
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, generator=torch.Generator())
     it = iter(loader)
     return [next(it) for _ in range(n)]

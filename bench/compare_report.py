@@ -1,8 +1,8 @@
-"""``logs/synthetic_comparison.md`` and the plots, built only from the test.py JSON files the runs wrote.
+"""The comparison's report and plots, built only from the test.py JSON files the cells wrote.
 
-Kept apart from ``bench.compare`` (which runs things) so that the table can be rebuilt at any time
-(``python -m bench.compare --report_only``) and so that nothing in the report is typed by hand: every number is
-read from ``logs/synthetic_comparison/runs/*.json`` and ``cells.json``.
+Kept apart from ``bench.compare`` (which runs things) so that the report can be rebuilt at any time
+(``python -m bench.compare --report_only``) and so that nothing in it is typed by hand: every number is read from
+``runs/<architecture>/*.json`` and ``cells.json``; the statistics are ``bench.comparison_stats``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,23 @@ import shlex
 import statistics
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.compare_protocol import (
+    ADAPMTL_ROWS,
+    BUDGET_CONTROL,
+    METHODS,
+    PAPER_TABLE2,
+    PROTOCOL_CONFIG,
+    REFERENCE_CONTROL,
+)
+from bench.comparison_stats import NoiseFloor, delta, mean_table, metrics_of, paired, t_interval
+
+DEFINITIONS = ("standard", "parity")
+TASKS = ("segment_semantic", "normal", "depth_zbuffer")
 # (task, metric, label, scale) in the column order of the AdapMTL paper's Table 2
 COLUMNS = [
     ("segment_semantic", "mIoU", "mIoU↑", 100.0), ("segment_semantic", "Pixel Acc", "PixAcc↑", 100.0),
@@ -31,172 +44,312 @@ COMPONENTS = [("backbone", "Sp. backbone"), ("segment_semantic", "Sp. seg"), ("n
               ("depth_zbuffer", "Sp. depth")]
 
 
-def _fmt(values: Sequence[float], digits: int = 2, std: bool = False) -> str:
-    if not values:
-        return "–"
-    mean = statistics.fmean(values)
-    if std and len(values) > 1:
-        return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-    return f"{mean:.{digits}f}"
+@dataclass
+class Run:
+    """One finished cell: its test.py JSON and its Δ_T (both definitions) against the mean dense model."""
+
+    key: str
+    arch: str
+    method: str
+    target: int | None
+    seed: int
+    result: dict
+    delta: dict[str, dict | None]
 
 
-def _overall(results: Sequence[dict]) -> list[float]:
-    """Overall Δ_T of the runs that have one (test.py leaves it out when a dense metric is 0)."""
-    return [r["delta_t"]["overall"] for r in results if r.get("delta_t")]
+def load_runs(root: Path) -> list[Run]:
+    """Every cell JSON under ``root/runs`` that the book knows, with Δ_T against its architecture's dense mean."""
+    book_path = root / "cells.json"
+    book = json.loads(book_path.read_text()) if book_path.is_file() else {}
+    raw: list[tuple[str, dict, dict]] = []
+    for path in sorted((root / "runs").glob("*/*.json")):
+        key = f"{path.parent.name}/{path.stem}"
+        if key in book:
+            raw.append((key, book[key], json.loads(path.read_text())))
+    references = {}
+    for arch in sorted({e["architecture"] for _, e, _ in raw}):
+        dense = [r for _, e, r in raw if e["architecture"] == arch and e["method"] == "dense"]
+        references[arch] = {d: mean_table([metrics_of(r, d) for r in dense]) if dense else None
+                            for d in DEFINITIONS}
+    runs = []
+    for key, entry, res in raw:
+        ref = references[entry["architecture"]]
+        deltas = {d: delta(metrics_of(res, d), ref[d]) if ref[d] is not None else None for d in DEFINITIONS}
+        runs.append(Run(key, entry["architecture"], entry["method"], entry["target"], entry["seed"], res, deltas))
+    return runs
 
 
-def load_results(runs_dir: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))}
+def _mean(values: Sequence[float], digits: int = 2) -> str:
+    return f"{statistics.fmean(values):.{digits}f}" if values else "–"
 
 
-def _group(results: dict[str, dict], book: dict) -> dict[tuple[str, int | None], list[dict]]:
-    groups: dict[tuple[str, int | None], list[dict]] = defaultdict(list)
-    for key, res in results.items():
-        entry = book.get(key)
-        if entry is None:
-            continue
-        groups[(entry["method"], entry["target"])].append(res)
+def _groups(runs: Sequence[Run]) -> dict[tuple[str, str, int | None], list[Run]]:
+    groups: dict[tuple[str, str, int | None], list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[(r.arch, r.method, r.target)].append(r)
     return groups
 
 
-def table(rows: list[tuple[str, list[dict]]]) -> list[str]:
-    """Markdown rows in the Table 2 layout; each row's values are means over its seeds."""
+# ---------------------------------------------------------------------------------------------------- sections
+def noise_section(runs: Sequence[Run], archs: Sequence[str], definition: str) -> list[str]:
+    md = ["## Noise floor", "",
+          "Each dense seed's Δ_T against the mean of the other dense seeds (leave-one-out): what Δ_T scatters by for "
+          "a model *equal* to dense. A difference between methods well inside ±2 std of it is not a finding.", "",
+          "| architecture | definitions | dense seeds | std of Δ_T | max abs | std seg / normal / depth |",
+          "|---|---|---|---|---|---|"]
+    for arch in archs:
+        dense = [r for r in runs if r.arch == arch and r.method == "dense"]
+        for d in (definition, *[x for x in DEFINITIONS if x != definition]):
+            nf = NoiseFloor.of([metrics_of(r.result, d) for r in dense])
+            tasks = " / ".join(f"{nf.task_std[t]:.2f}" if nf.task_std.get(t) is not None else "–" for t in TASKS)
+            md.append(f"| {arch} | {d}{' (ranking)' if d == definition else ''} | {nf.n} | "
+                      f"{_num(nf.std)} | {_num(nf.max_abs)} | {tasks} |")
+    return md + [""]
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def noise_floor(runs: Sequence[Run], arch: str, definition: str) -> NoiseFloor:
+    return NoiseFloor.of([metrics_of(r.result, definition) for r in runs if r.arch == arch and r.method == "dense"])
+
+
+def main_table(rows: Sequence[tuple[str, Sequence[Run]]], definition: str) -> list[str]:
+    """Table 2 layout: metric means over seeds, per-task Δ_T means, sparsities, Δ_T with its 95 % t interval."""
     head = []
     for task, metric, label, _ in COLUMNS:
         head.append(label)
         if metric in TASK_DELTA_AFTER:
-            head.append(f"Δ_T{['segment_semantic', 'normal', 'depth_zbuffer'].index(task) + 1}")
-    head += [c[1] for c in COMPONENTS] + ["Sp. overall", "Δ_T", "seeds"]
+            head.append(f"Δ_T{TASKS.index(task) + 1}")
+    head += [c[1] for c in COMPONENTS] + ["Sp. overall", "Δ_T ± 95% CI", "Δ_T parity ± CI", "seeds"]
     lines = ["| Model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-    for label, results in rows:
+    for label, rs in rows:
         cells = []
         for task, metric, _, scale in COLUMNS:
-            cells.append(_fmt([r["metrics"][task][metric] * scale for r in results]))
+            cells.append(_mean([metrics_of(r.result, definition)[task][metric] * scale for r in rs]))
             if metric in TASK_DELTA_AFTER:
-                deltas = [r["delta_t"]["tasks"][task] for r in results if r.get("delta_t")]
-                cells.append(_fmt(deltas) if deltas else ("0.00" if label.startswith("Dense") else "–"))
+                cells.append(_mean([r.delta[definition]["tasks"][task] for r in rs if r.delta[definition]]))
         for comp, _ in COMPONENTS:
-            cells.append(_fmt([100 * r["sparsity"]["components"][comp] for r in results], 1))
-        cells.append(_fmt([100 * r["sparsity"]["overall"] for r in results], 1))
-        overall = _overall(results)
-        cells.append(_fmt(overall, std=True) if overall else ("0.00" if label.startswith("Dense") else "–"))
-        cells.append(str(len(results)))
+            cells.append(_mean([100 * r.result["sparsity"]["components"][comp] for r in rs], 1))
+        cells.append(_mean([100 * r.result["sparsity"]["overall"] for r in rs], 1))
+        for d in (definition, "parity" if definition != "parity" else "standard"):
+            values = [r.delta[d]["overall"] for r in rs if r.delta[d]]
+            cells.append(str(t_interval(values)) if values else "–")
+        cells.append(str(len(rs)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
-def write_report(plan: Any, lrs: dict, elapsed_s: float) -> Path:
-    """(Re)write the markdown report and the plots from whatever cells have finished."""
-    from bench.compare import ABLATIONS, BUDGET_CONTROL, LABELS, REFERENCE_CONTROL, STRUCTURED, UNSTRUCTURED
+def paired_section(groups: Mapping, arch: str, target: int, methods: Sequence[str], definition: str) -> list[str]:
+    """Each method minus each AdapMTL row over their common seeds: mean ± 95 % t interval and p (paired t-test)."""
+    anchors = [m for m in ADAPMTL_ROWS if (arch, m, target) in groups]
+    if not anchors:
+        return []
+    per_seed = {m: {r.seed: r.delta[definition]["overall"] for r in groups.get((arch, m, target), [])
+                    if r.delta[definition]} for m in methods}
+    md = [f"Paired differences (method − AdapMTL, same seeds, {definition} Δ_T; 95 % t interval, two-sided paired "
+          "t-test):", "", "| method | " + " | ".join(f"− {METHODS[a].label}: diff | p" for a in anchors) + " |",
+          "|---" * (1 + 2 * len(anchors)) + "|"]
+    for m in methods:
+        if m in anchors and len(anchors) == 1 or not per_seed.get(m):
+            continue
+        cells = []
+        for a in anchors:
+            res = None if m == a else paired(per_seed[m], per_seed[a])
+            cells += ["–", "–"] if res is None else [f"{res.diff} (n={len(res.seeds)})", _p(res.p)]
+        md.append(f"| {METHODS[m].label} | " + " | ".join(cells) + " |")
+    return md + [""]
 
-    ns = plan.ns
-    root = plan.logs / "synthetic_comparison"
-    book_path = root / "cells.json"
-    book = json.loads(book_path.read_text()) if book_path.is_file() else {}
-    results = load_results(plan.runs)
-    groups = _group(results, book)
-    dense = groups.get(("dense", None), [])
-    md = ["# Synthetic 3-task benchmark: every method at equal sparsity and equal training budget", ""]
-    md += ["Generated by `python -m bench.compare` (bench/compare.py, bench/compare_report.py) from the test.py "
-           "JSON files in `logs/synthetic_comparison/runs/`; nothing here is typed by hand.", ""]
-    md += ["- Benchmark: synthetic NYUv2-like scenes, tasks segment_semantic / normal / depth_zbuffer, CPU preset "
-           + ("(`configs/synthetic.yaml`: ResNet34 x0.125, 96x96, batch 8)" if not ns.quick else
-              "(**--quick smoke test: tiny model and data, the numbers mean nothing**)")
-           + ". Metrics on the test split, final checkpoints; Δ_T (%) against the dense model of the same "
-           "seed (the paper's formula, reference-adapmtl.md §6.5); sparsities in % of the prunable conv weights.",
-           f"- Budget: {ns.iters} training iterations per method in total (pre-training {ns.iters // 2} + "
-           f"pruning/fine-tuning {ns.iters - ns.iters // 2} for IMP, LTH, Taylor, CosPrune).",
-           "- Reference control (stop rule) sInit / weight decay per target: "
-           + ", ".join(f"{t}%: {s:g} / {w:g}" for t, (s, w) in REFERENCE_CONTROL.items())
-           + f". Budget control: sInit {BUDGET_CONTROL[0]:g} / wd {BUDGET_CONTROL[1]:g} for every target.",
-           "- Tuning grid (validation split, seed 0, target "
-           f"{ns.ablation_sparsity}%): lr ∈ {{{', '.join(f'{x:g}' for x in ns.grid_lr)}}}"
-           + ("" if not lrs else "; chosen: " + ", ".join(f"{m} {v:g}" for m, v in lrs.items() if v is not None)),
-           ""]
-    targets = sorted({t for (m, t) in groups if m in UNSTRUCTURED and t is not None} | set(ns.sparsities))
-    for t in targets:
-        rows = [(LABELS["dense"], dense)] + [(LABELS[m], groups[(m, t)]) for m in UNSTRUCTURED if (m, t) in groups]
-        missing = [LABELS[m] for m in UNSTRUCTURED if m in ns.methods and (m, t) not in groups]
-        md += [f"## Target overall sparsity {t}%", ""] + table(rows) + [""]
-        if missing:
-            md += ["Not run yet: " + ", ".join(missing) + ".", ""]
-    abl = [(LABELS[m], groups[(m, ns.ablation_sparsity)]) for m in ("adapmtl_budget", *ABLATIONS)
-           if (m, ns.ablation_sparsity) in groups]
-    if len(abl) > 1:
-        md += [f"## Ablations at {ns.ablation_sparsity}% (budget control, seed 0 rows)", ""]
-        md += table([(LABELS["dense"], dense)] + [(lab, rs[:1]) for lab, rs in abl]) + [""]
-    struct = [(f"{LABELS[m]}, {r}% of backbone filters", groups[(m, r)]) for m in STRUCTURED
-              for r in ns.filter_ratios if (m, r) in groups]
-    if struct:
-        md += ["## Structured pruning (filters of the backbone; the heads keep every filter)", ""]
-        md += table([(LABELS["dense"], dense)] + struct) + [""]
-    md += _control_section(groups, REFERENCE_CONTROL) + _plots(plan, groups, root, LABELS, book)
-    md += ["## Runs", "", f"Machine: `{json.dumps(_environment())}`", "",
-           f"Command: `python -m bench.compare {shlex.join(sys.argv[1:])}`" if sys.argv[1:] else
-           "Command: `python -m bench.compare`", "",
-           f"Sum of the cells' wall times: {sum(e.get('wall_s', 0) for e in book.values()) / 3600:.2f} h "
-           "(the training commands of each cell, evaluation not included; cells recorded with `jobs` ran that "
-           "many at a time with `threads` CPU threads each, the others one at a time with torch's default).", "",
-           "| cell | wall (min) | commands |", "|---|---|---|"]
-    for key, entry in book.items():
-        cmds = "<br>".join(f"`{c}`" for c in entry.get("commands", []))
-        md.append(f"| {key} | {entry.get('wall_s', 0) / 60:.1f} | {cmds} |")
-    out = plan.logs / "synthetic_comparison.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(md) + "\n")
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return f"**{p:.3f}**" if p < 0.05 else f"{p:.3f}"
+
+
+def significance_lines(groups: Mapping, arch: str, target: int, methods: Sequence[str], definition: str,
+                       floor: NoiseFloor) -> list[str]:
+    """Plain-words findings: which paired differences are significant, and the ceiling check."""
+    out = []
+    per_seed = {m: {r.seed: r.delta[definition]["overall"] for r in groups.get((arch, m, target), [])
+                    if r.delta[definition]} for m in methods}
+    for a in [x for x in ADAPMTL_ROWS if per_seed.get(x)]:
+        better, worse, same = [], [], []
+        for m in methods:
+            res = None if m in ADAPMTL_ROWS or m == "dense" else paired(per_seed.get(m, {}), per_seed[a])
+            if res is None or res.p is None:
+                continue
+            name = f"{METHODS[m].label} ({res.diff.mean:+.2f}, p={res.p:.3f})"
+            (same if res.p >= 0.05 else better if res.diff.mean > 0 else worse).append(name)
+        out.append(f"- {arch}, {METHODS[a].label}: significantly better than "
+                   f"{', '.join(worse) or 'no method'}; significantly worse than {', '.join(better) or 'no method'}; "
+                   f"no significant difference to {', '.join(same) or 'no method'} (α = 0.05, uncorrected).")
+    if floor.std is not None and target >= 90:
+        over = [f"{METHODS[m].label} ({statistics.fmean(v.values()):+.2f})" for m, v in per_seed.items()
+                if m != "dense" and v and statistics.fmean(v.values()) > 2 * floor.std]
+        out.append(f"- {arch}, ceiling check at {target}%: " + (
+            f"**{', '.join(over)} beat(s) the dense mean by more than twice the noise floor "
+            f"({2 * floor.std:.2f}): the protocol is not finished.**" if over else
+            f"no method beats the dense mean by more than twice the noise floor ({2 * floor.std:.2f})."))
     return out
 
 
-CONTROLS = (("adapmtl", "stop rule"), ("adapmtl_budget", "budget (band)"), ("adapmtl_budget_track", "budget (track)"))
+def paper_section(groups: Mapping, target: int, definition: str) -> list[str]:
+    """The paper's Table 2 (NYUv2, MobileNetV2, 90 %) beside our MobileNetV2 rows."""
+    ours = {"Dense": "dense", "SNIP": "snip", "LTH": "lth", "IMP": "imp", "DiSparse": "disparse_dynamic",
+            "AdapMTL": "adapmtl"}
+    md = [f"## The paper's Table 2 beside ours (MobileNetV2, {target}%)", "",
+          "Paper: NYUv2, reference-adapmtl.md \"Table 2\" (its DiSparse row is the dynamic variant, the one the "
+          "reference's script runs). Ours: synthetic benchmark, means over seeds, Δ against our dense mean "
+          f"({definition} metrics; parity Δ_T in brackets).", "",
+          "| row | paper mIoU / PixAcc | paper Δ_T1 / Δ_T2 / Δ_T3 | paper Sp. bb / seg / nor / dep | paper Δ_T "
+          "| ours Δ_T1 / Δ_T2 / Δ_T3 | ours Sp. bb / seg / nor / dep | ours Δ_T (parity) |", "|---" * 8 + "|"]
+    for row in PAPER_TABLE2:
+        name, miou, pa, d1, d2, d3, *sp, dt = row
+        rs = groups.get(("mobilenetv2", ours.get(name, ""), None if name == "Dense" else target), [])
+        paper_sp = " / ".join("–" if x is None else f"{x:.1f}" for x in sp)
+        if rs:
+            task_d = " / ".join(_mean([r.delta[definition]["tasks"][t] for r in rs if r.delta[definition]])
+                                for t in TASKS)
+            our_sp = " / ".join(_mean([100 * r.result["sparsity"]["components"][c] for r in rs], 1)
+                                for c, _ in COMPONENTS)
+            dts = [r.delta[definition]["overall"] for r in rs if r.delta[definition]]
+            par = [r.delta["parity"]["overall"] for r in rs if r.delta["parity"]]
+            our = f"{_mean(dts)} ({_mean(par)})"
+        else:
+            task_d = our_sp = our = "not run"
+        md.append(f"| {name} | {miou:.2f} / {pa:.2f} | {d1:+.2f} / {d2:+.2f} / {d3:+.2f} | {paper_sp} | {dt:+.2f} "
+                  f"| {task_d} | {our_sp} | {our} |")
+    return md + [""]
 
 
-def _control_section(groups: dict, reference: dict) -> list[str]:
-    present = [(m, name) for m, name in CONTROLS if any(k[0] == m for k in groups)]
-    rows = []
-    for t in sorted({t for (m, t) in groups if m in dict(CONTROLS) and t is not None}):
-        cells = []
-        for m, _ in present:
-            rs = groups.get((m, t), [])
-            cells += [_fmt([100 * r["sparsity"]["overall"] for r in rs]),
-                      _fmt([100 * r["sparsity"]["overall"] - t for r in rs]), _fmt(_overall(rs), std=True)]
-        rows.append(f"| {t} | " + " | ".join(cells) + " |")
+def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
+    """(Re)write the markdown report and the plots from whatever cells have finished."""
+    ns = plan.ns
+    runs = load_runs(plan.root)
+    groups = _groups(runs)
+    definition = ns.definition
+    rel = plan.root.name
+    md = ["# Synthetic 3-task benchmark: every method at equal sparsity and equal training budget", "",
+          f"Generated by `python -m bench.compare` from the test.py JSON in `logs/{rel}/runs/`; nothing here is typed "
+          "by hand. Rebuild it with `python -m bench.compare --report_only`.", "",
+          f"- Benchmark: synthetic NYUv2-like scenes (data seed {ns.data_seed}), tasks segment_semantic / normal / "
+          f"depth_zbuffer, protocol preset `{PROTOCOL_CONFIG}`" + (
+              " (**--quick smoke test: tiny model and data, the numbers mean nothing**)" if ns.quick else "") + ".",
+          f"- Metrics on the test split, final checkpoints. Δ_T (%, the paper's formula) of every run is against the "
+          f"**mean of the dense seeds** of its architecture; the ranking uses the **{definition}** metric "
+          "definitions, the parity (reference) Δ_T is shown beside it.",
+          f"- Budget: {ns.iters} training iterations per method in total (pre-training {ns.iters // 2} + the rest for "
+          "IMP, LTH, AdapMTL from dense).",
+          "- Stop rule sInit / weight decay per target: "
+          + ", ".join(f"{t}%: {s:g} / {w:g}" for t, (s, w) in REFERENCE_CONTROL.items())
+          + f". Budget control: sInit {BUDGET_CONTROL[0]:g} / wd {BUDGET_CONTROL[1]:g} for every target.",
+          f"- Learning-rate grid (validation split, seed 0, {ns.ablation_sparsity}%), dense included: "
+          f"{{{', '.join(f'{x:g}' for x in ns.grid_lr)}}}"
+          + ("" if not lrs else "; chosen: " + ", ".join(f"{a}/{m} {v:g}" for (a, m), v in sorted(lrs.items())
+                                                          if v is not None and not METHODS[m].ablation)), ""]
+    md += noise_section(runs, ns.architectures, definition)
+    findings: list[str] = []
+    for arch in ns.architectures:
+        ranked = [m for m in plan.methods(arch) if not METHODS[m].ablation and METHODS[m].kind != "structured"]
+        floor = noise_floor(runs, arch, definition)
+        for t in sorted(set(ns.sparsities)):
+            rows = [(METHODS[m].label, groups.get((arch, m, None if m == "dense" else t), [])) for m in ranked]
+            rows = [(lab, rs) for lab, rs in rows if rs]
+            if len(rows) <= 1:
+                continue
+            md += [f"## {arch}, target overall sparsity {t}%", ""] + main_table(rows, definition) + [""]
+            md += paired_section(groups, arch, t, [m for m in ranked if m != "dense"], definition)
+            findings += significance_lines(groups, arch, t, ranked, definition, floor)
+    if findings:
+        md += ["## Findings (computed)", "", *findings, ""]
+    if "mobilenetv2" in ns.architectures:
+        md += paper_section(groups, ns.seed_sparsity, definition)
+    md += _ablations(groups, ns, definition) + _structured(groups, ns, definition)
+    md += _plots(plan, runs, groups)
+    md += _runs_section(plan)
+    plan.report.parent.mkdir(parents=True, exist_ok=True)
+    plan.report.write_text("\n".join(md) + "\n")
+    return plan.report
+
+
+def _ablations(groups: Mapping, ns: Any, definition: str) -> list[str]:
+    arch, t = ns.architectures[0], ns.ablation_sparsity
+    rows = [(METHODS[m].label, groups[(arch, m, t)]) for m in ("adapmtl_budget", *METHODS)
+            if (METHODS[m].ablation or m == "adapmtl_budget") and (arch, m, t) in groups]
+    if len(rows) <= 1:
+        return []
+    rows = [(lab, rs[:1]) for lab, rs in rows]  # ablations ran at seed 0 only: compare seed 0 with seed 0
+    return [f"## Ablations ({arch}, {t}%, budget control, seed 0)", "",
+            *main_table([(METHODS["dense"].label, groups.get((arch, "dense", None), []))] + rows, definition), ""]
+
+
+def _structured(groups: Mapping, ns: Any, definition: str) -> list[str]:
+    rows = [(f"{a} {METHODS[m].label}, {r}% of backbone filters", groups[(a, m, r)]) for a in ns.architectures
+            for m in METHODS if METHODS[m].kind == "structured" for r in ns.filter_ratios if (a, m, r) in groups]
     if not rows:
         return []
-    head = "".join(f" {name}: final % | error (pp) | Δ_T |" for _, name in present)
-    return ["## Reaching a target: stop rule (reference) vs `--sparsity_control budget`", "",
-            "| target % |" + head, "|---" * (1 + 3 * len(present)) + "|", *rows, ""]
+    return ["## Structured pruning (filters of the backbone; the heads keep every filter)", "",
+            *main_table(rows, definition), ""]
 
 
-def _plots(plan: Any, groups: dict, root: Path, labels: dict, book: dict) -> list[str]:
+def _plots(plan: Any, runs: Sequence[Run], groups: Mapping) -> list[str]:
     from bench.plots import plot_delta_vs_sparsity, plot_training_curves, read_scalars
 
+    definition = plan.ns.definition
     points = []
-    for (m, t), rs in groups.items():
-        if m == "dense" or t is None or not all(r.get("delta_t") for r in rs):
+    for (arch, m, t), rs in groups.items():
+        values = [r.delta[definition]["overall"] for r in rs if r.delta[definition]]
+        if m == "dense" or t is None or not values or METHODS[m].ablation:
             continue
-        deltas = [r["delta_t"]["overall"] for r in rs]
-        points.append({"method": labels[m], "sparsity": 100 * statistics.fmean(r["sparsity"]["overall"] for r in rs),
-                       "delta_t": statistics.fmean(deltas),
-                       "delta_std": statistics.stdev(deltas) if len(deltas) > 1 else None})
+        points.append({"method": f"{METHODS[m].label} [{arch}]",
+                       "sparsity": 100 * statistics.fmean(r.result["sparsity"]["overall"] for r in rs),
+                       "delta_t": statistics.fmean(values),
+                       "delta_std": statistics.stdev(values) if len(values) > 1 else None})
     md = ["## Plots", ""]
     if points:
         plot_delta_vs_sparsity(sorted(points, key=lambda p: (p["method"], p["sparsity"])),
-                               root / "delta_vs_sparsity.png", sparsity_unit="percent",
-                               title="Δ_T vs overall sparsity (synthetic, test split)")
-        md += ["![Δ_T against sparsity](synthetic_comparison/delta_vs_sparsity.png)", ""]
+                               plan.root / "delta_vs_sparsity.png", sparsity_unit="percent",
+                               title=f"Δ_T vs overall sparsity (synthetic, test split, {definition} metrics)")
+        md += [f"![Δ_T against sparsity]({plan.root.name}/delta_vs_sparsity.png)", ""]
+    book_path = plan.root / "cells.json"
+    book = json.loads(book_path.read_text()) if book_path.is_file() else {}
     curves = {}
-    for key, label in ((f"adapmtl_sp{plan.ns.seed_sparsity}_seed0", "AdapMTL, stop rule"),
-                       (f"adapmtl_budget_sp{plan.ns.seed_sparsity}_seed0", "AdapMTL, budget control")):
-        run = Path(book.get(key, {}).get("run_dir", plan.out / key))  # a reused tuning run lives elsewhere
+    arch = plan.ns.architectures[0]
+    for m in ("adapmtl", "adapmtl_budget"):
+        entry = book.get(f"{arch}/{m}_sp{plan.ns.seed_sparsity}_seed0", {})
+        run = Path(entry.get("run_dir", "-"))
         if run.is_dir() and any(run.glob("events.out.tfevents.*")):
-            curves[label] = read_scalars(run)
+            curves[f"{METHODS[m].label}, {arch}, seed 0"] = read_scalars(run)
     if curves:
-        for path in plot_training_curves(curves, root):
-            md += [f"![{path.stem}](synthetic_comparison/{path.name})", ""]
+        for path in plot_training_curves(curves, plan.root):
+            md += [f"![{path.stem}]({plan.root.name}/{path.name})", ""]
+    return md
+
+
+def _runs_section(plan: Any) -> list[str]:
+    book_path = plan.root / "cells.json"
+    book = json.loads(book_path.read_text()) if book_path.is_file() else {}
+    layouts = sorted({(e.get("jobs", 1), e.get("threads")) for e in book.values()})
+    md = ["## Runs", "", f"Machine: `{json.dumps(_environment())}`", "",
+          f"Command: `python -m bench.compare {shlex.join(sys.argv[1:])}`" if sys.argv[1:] else
+          "Command: `python -m bench.compare`", "",
+          f"Sum of the cells' wall times: {sum(e.get('wall_s', 0) for e in book.values()) / 3600:.2f} h of "
+          "training commands (evaluation not included); layouts (cells at a time, threads each): "
+          + ", ".join(f"{j} × {t or 'default'}" for j, t in layouts) + ".", "",
+          "| cell | wall (min) | commands |", "|---|---|---|"]
+    for key, entry in book.items():
+        cmds = "<br>".join(f"`{c}`" for c in entry.get("commands", []))
+        md.append(f"| {key} | {entry.get('wall_s', 0) / 60:.1f} | {cmds} |")
     return md
 
 
 def _environment() -> dict:
-    from bench.compare import environment
+    """Versions and machine, for the report."""
+    import platform
 
-    return environment()
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}

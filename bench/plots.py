@@ -37,7 +37,7 @@ WEIGHTS_PNG = "task_weights.png"
 THRESHOLDS_PNG = "thresholds.png"
 
 # sparsity/<tag> scalars that are not a component's sparsity.
-_SPARSITY_NON_COMPONENT = {"overall_sparsity", "target", "frozen_fraction"}
+_SPARSITY_NON_COMPONENT = {"overall_sparsity", "target", "frozen_fraction", "budget_target"}
 _WEIGHT_TAG = re.compile(r"^LR/(.+)/weights$")
 _SHORT_TO_NAME = {short: name for name, short in COMPONENT_TAGS.items()}
 # Fixed component order (and so fixed colours) in every figure; unknown components follow, sorted.
@@ -209,6 +209,10 @@ def _sparsity_figure(Figure: Any, runs: Mapping[str, Scalars]) -> Any:
         if target:
             ax.axhline(target[-1][1] * _fraction_to_percent(target), color="grey", linestyle=":", linewidth=1.2,
                        label="target")
+        budget = scalars.get("sparsity/budget_target")  # --sparsity_control budget: the controller's ramp
+        if budget:
+            ax.plot(*_xy(budget, _fraction_to_percent(budget)), color="grey", linestyle="-.", linewidth=1.2,
+                    label="budget ramp")
         ax.set_title(label)
         ax.set_xlabel("iteration")
         ax.set_ylim(-2, 102)

@@ -44,7 +44,8 @@ class Config:
     data_root: str | None = _f(None, "data", "dataset folder (real datasets only)")
     tasks: list[str] = _f(list(DEFAULT_TASKS), "data", "tasks, in head order", nargs="+")
     crop_size: int = _f(96, "data", "train crop / test resize (synthetic: render size)")
-    train_size: int = _f(2000, "data", "synthetic: number of training scenes")
+    train_size: int = _f(2000, "data", "synthetic: number of training scenes (0: an unbounded stream, "
+                                           "every scene fresh)")
     val_size: int = _f(200, "data", "synthetic: number of validation scenes")
     test_size: int = _f(200, "data", "synthetic: number of test scenes")
     data_seed: int = _f(0, "data", "synthetic: seed of the scenes (kept apart from --seed so splits stay fixed)")
@@ -148,10 +149,10 @@ class Config:
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"--ratio must be a fraction in (0, 1), got {self.ratio}; e.g. --ratio 0.9")
         for name in ("iters", "batch_size", "crop_size", "val_iters", "log_every", "save_iters", "max_bad_steps",
-                     "decay_lr_freq", "adaptive_window", "train_size", "val_size", "test_size"):
+                     "decay_lr_freq", "adaptive_window", "val_size", "test_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("num_workers", "adaptive_begin", "best_after", "keep_checkpoints"):
+        for name in ("num_workers", "adaptive_begin", "best_after", "keep_checkpoints", "train_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "width_mult"):

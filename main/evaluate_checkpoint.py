@@ -20,7 +20,7 @@ from .models import MultiTaskModel
 from .monitor import progress
 from .runner import model_from_checkpoint
 from .sparse import SparsityCounter, SparsityReport, sparse_convs
-from .tasks import TaskMetrics, metric_directions
+from .tasks import DEFINITIONS, TaskMetrics, metric_directions
 from .validation import evaluate
 
 
@@ -153,6 +153,8 @@ def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *,
         "channels_last": cfg.channels_last,
         "metric_definitions": cfg.metric_definitions,
         "metrics": result["metrics"],
+        # both definitions from the same pass: the comparison ranks on one and reports the other beside it
+        "metrics_by_definition": {d: metrics.compute(d) for d in DEFINITIONS},
         "losses": result["losses"],
         "sparsity": {k: sparsity[k] for k in ("overall", "components", "layers")},
         "delta_t": delta,

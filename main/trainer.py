@@ -221,7 +221,8 @@ class Trainer:
     def _train_loader(self) -> DataLoader:
         sampler = ResumableBatchSampler(len(self.train_set), self.cfg.batch_size, self.cfg.seed,
                                         start_batch=self.iteration, rank=self.dist.rank,
-                                        world_size=self.dist.world_size)
+                                        world_size=self.dist.world_size,
+                                        stream=getattr(self.train_set, "stream", False))
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.num_workers,
                           pin_memory=self.device.type == "cuda", generator=torch.Generator(),
                           persistent_workers=False)

@@ -1,4 +1,4 @@
-"""``python -m bench.compare --quick``: cells run, the report is built from their JSON, re-runs skip finished cells."""
+"""``python -m bench.compare``: cells run, the report is built from their JSON, re-runs skip finished cells."""
 
 from __future__ import annotations
 
@@ -8,48 +8,72 @@ import pytest
 
 from bench import compare
 from main.errors import UserError
+from main.tasks import METRIC_DIRECTIONS
+
+DIRS = METRIC_DIRECTIONS["nyuv2"]
+R34 = ["--architectures", "resnet34"]
 
 
 def run(tmp_path, *extra: str) -> None:
     assert compare.main(["--quick", "--out", str(tmp_path / "out"), "--logs", str(tmp_path / "logs"), *extra]) == 0
 
 
+def fake_metrics(score: float) -> dict:
+    """A full NYUv2-style metric table whose every metric is better by ``score`` percent (relative) than 1."""
+    return {task: {m: 50.0 * (1 + d * score / 100) for m, d in dirs.items()}
+            for task, dirs in DIRS.items() if task in ("segment_semantic", "normal", "depth_zbuffer")}
+
+
+def fake_result(score: float, split: str = "test", sparsity: float = 0.9) -> dict:
+    table = fake_metrics(score)
+    return {"metrics": table, "metrics_by_definition": {"standard": table, "parity": table}, "losses": {"a": 1.0},
+            "split": split, "sparsity": {"overall": sparsity,
+                                         "components": dict.fromkeys(("backbone", "segment_semantic", "normal",
+                                                                      "depth_zbuffer"), sparsity)}}
+
+
 def test_quick_comparison_runs_tunes_reports_and_resumes(tmp_path, capsys):
-    run(tmp_path, "--methods", "imp", "--sparsities", "90", "--seeds", "1", "--grid_lr", "1e-3", "5e-4")
-    logs = tmp_path / "logs"
-    runs = logs / "synthetic_comparison" / "runs"
+    run(tmp_path, *R34, "--methods", "imp", "--seeds", "1", "--grid_lr", "1e-3", "5e-4")
+    root = tmp_path / "logs" / "comparison"
+    runs = root / "runs" / "resnet34"
     assert sorted(p.stem for p in runs.glob("*.json")) == ["dense_seed0", "imp_sp90_seed0"]
-    # the grid: both learning rates tried on the validation split, per tunable method
-    tuned = sorted(p.stem for p in (logs / "synthetic_comparison" / "tuning").glob("*_lr*.json"))
-    assert tuned == ["imp_sp90_seed0_lr0.0005", "imp_sp90_seed0_lr0.001"]
-    assert json.loads((logs / "synthetic_comparison" / "tuning" / "imp_sp90_seed0_lr0.001.json").read_text())[
-        "split"] == "val"
-    book = json.loads((logs / "synthetic_comparison" / "cells.json").read_text())
-    assert book["imp_sp90_seed0"]["commands"][0].startswith("python -m SOTA_methods.imp")
-    assert book["imp_sp90_seed0"]["lr"] in (1e-3, 5e-4)
+    # the grid: both learning rates tried on the validation split, dense included
+    tuned = sorted(p.stem for p in (root / "tuning" / "resnet34").glob("*_lr*.json"))
+    assert tuned == ["dense_seed0_lr0.0005", "dense_seed0_lr0.001", "imp_sp90_seed0_lr0.0005",
+                     "imp_sp90_seed0_lr0.001"]
+    assert json.loads((root / "tuning" / "resnet34" / "imp_sp90_seed0_lr0.001.json").read_text())["split"] == "val"
+    book = json.loads((root / "cells.json").read_text())
+    assert book["resnet34/imp_sp90_seed0"]["commands"][0].startswith("python -m SOTA_methods.imp")
+    assert book["resnet34/imp_sp90_seed0"]["lr"] in (1e-3, 5e-4)
     imp = json.loads((runs / "imp_sp90_seed0.json").read_text())
     # the tuning run with the chosen lr is the seed-0 cell itself: evaluated on test, not trained twice
-    assert "tuning" in imp["checkpoint"] and f"lr{book['imp_sp90_seed0']['lr']:g}" in imp["checkpoint"]
+    assert "tuning" in imp["checkpoint"] and f"lr{book['resnet34/imp_sp90_seed0']['lr']:g}" in imp["checkpoint"]
+    assert imp["architecture"] == "resnet34" and set(imp["metrics_by_definition"]) == {"parity", "standard"}
     assert imp["sparsity"]["overall"] == pytest.approx(0.9, abs=0.005)  # pruned to the target
-    md = (logs / "synthetic_comparison.md").read_text()
-    for needle in ("## Target overall sparsity 90%", "| Dense (baseline) |", "| IMP |", "Sp. backbone",
-                   "python -m SOTA_methods.imp", "chosen: imp"):
+    md = (tmp_path / "logs" / "comparison.md").read_text()
+    for needle in ("## Noise floor", "## resnet34, target overall sparsity 90%", "| Dense (baseline) |", "| IMP |",
+                   "Sp. backbone", "python -m SOTA_methods.imp", "chosen: resnet34/dense",
+                   "synthetic_compare.yaml"):
         assert needle in md, needle
     assert "| LTH |" not in md  # only what ran is in the table
     capsys.readouterr()
 
     # re-running skips every finished cell (and the tuning runs): nothing is trained again
     before = {p: p.stat().st_mtime_ns for p in runs.glob("*.json")}
-    run(tmp_path, "--methods", "imp", "--sparsities", "90", "--seeds", "1", "--grid_lr", "1e-3", "5e-4")
+    run(tmp_path, *R34, "--methods", "imp", "--seeds", "1", "--grid_lr", "1e-3", "5e-4")
     assert "done in" not in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*.json")} == before
 
 
-def test_unknown_method_and_bad_target_are_user_errors():
+def test_unknown_method_architecture_and_bad_target_are_user_errors():
     with pytest.raises(UserError, match="unknown method"):
         compare.parse(["--methods", "magic"])
+    with pytest.raises(UserError, match="unknown architecture"):
+        compare.parse(["--architectures", "vgg"])
     with pytest.raises(UserError, match="percentages"):
         compare.parse(["--sparsities", "100"])
+    with pytest.raises(UserError, match="stop rule has no sInit"):
+        compare.parse(["--sparsities", "80"])
 
 
 def test_equal_budget_bookkeeping(tmp_path):
@@ -66,12 +90,75 @@ def test_equal_budget_bookkeeping(tmp_path):
             total += (rounds - 1) * int(cmd[cmd.index("--finetune_iters") + 1])
         return total
 
-    for method in ("adapmtl", "snip", "disparse_dynamic", "imp", "lth", "taylor"):
-        for target in (50, 70, 90, 95):
-            cmds = plan.commands(method, target, 0, tmp_path / "x", None)
-            pre = plan.P if plan.needs_pretrain(method) else 0
-            trained = sum(iters(c) for c in cmds if "--iters" in c)
-            assert pre + trained == 1000, (method, target)
+    for method in ("adapmtl", "adapmtl_dense_start", "snip", "disparse_dynamic", "imp", "lth", "taylor"):
+        for arch in ("resnet34", "mobilenetv2"):
+            for target in (50, 70, 90, 95):
+                cmds = plan.commands(method, arch, target, 0, tmp_path / "x", None)
+                pre = plan.P if plan.needs_pretrain(method) else 0
+                trained = sum(iters(c) for c in cmds if "--iters" in c)
+                assert pre + trained == 1000, (method, target)
+                assert all(c[c.index("--architecture") + 1] == arch for c in cmds)
+    start = plan.commands("adapmtl_dense_start", "mobilenetv2", 90, 1, tmp_path / "x", None)[0]
+    assert start[start.index("--reload") + 1] == str(plan.pretrain_dir("mobilenetv2", 1) / compare.CKPT)
+
+
+def test_default_grid_is_five_seeds_of_every_ranked_method_on_both_architectures(tmp_path):
+    plan = compare.Plan(compare.parse(["--out", str(tmp_path)]))
+    cells = plan.cells({})
+    ranked = {("resnet34", m) for m in compare.DEFAULT_METHODS} | {("mobilenetv2", m)
+                                                                  for m in compare.MOBILENETV2_METHODS}
+    assert {(c.arch, c.method) for c in cells if not compare.METHODS[c.method].ablation} == ranked
+    for arch, method in ranked:
+        seeds = sorted(c.seed for c in cells if (c.arch, c.method) == (arch, method))
+        assert seeds == [0, 1, 2, 3, 4], (arch, method)
+    # MobileNetV2 runs the paper's rows (AdapMTL with its stop rule), unless told otherwise
+    assert set(compare.MOBILENETV2_METHODS) == {"dense", "adapmtl", "snip", "disparse_static", "disparse_dynamic",
+                                                "imp", "lth"}
+    own = compare.Plan(compare.parse(["--methods", "snip", "--mobilenetv2_methods", "lth"]))
+    assert own.methods("mobilenetv2") == ["dense", "lth"] and own.methods("resnet34") == ["dense", "snip"]
+    assert {c.target for c in cells if c.method != "dense"} == {90}
+    # seed by seed: every method's seed 0 runs before any seed 1 (paired tests need common seeds)
+    order = [c.seed for c in cells if not compare.METHODS[c.method].ablation]
+    assert order == sorted(order)
+    ablations = [c for c in cells if compare.METHODS[c.method].ablation]
+    assert {(c.arch, c.seed) for c in ablations} == {("resnet34", 0)}
+
+
+def test_another_data_seed_writes_its_own_report_and_renders_other_scenes(tmp_path):
+    plan = compare.Plan(compare.parse(["--data_seed", "3", "--out", str(tmp_path / "o"), "--logs", str(tmp_path)]))
+    cmd = plan.commands("snip", "resnet34", 90, 0, tmp_path / "x", None)[0]
+    assert cmd[cmd.index("--data_seed") + 1] == "3"
+    assert plan.report == tmp_path / "comparison_data_seed3.md"
+    assert plan.root == tmp_path / "comparison_data_seed3" and "data_seed3" in str(plan.out)
+    default = compare.Plan(compare.parse(["--logs", str(tmp_path)]))
+    assert default.report == tmp_path / "comparison.md"
+
+
+def _fakes(monkeypatch, tmp_path, score_of):
+    """Replace training and evaluation: a run's checkpoint is a file; its JSON scores by ``score_of(lr, cmd)``."""
+    import bench.compare_report
+
+    trained: list[str] = []
+    lr_of: dict[str, tuple[str, list[str]]] = {}
+
+    def fake_run(commands, log, threads=None):
+        for cmd in commands:
+            save = cmd[cmd.index("--save_dir") + 1]
+            trained.append(save)
+            lr_of[save] = (cmd[cmd.index("--lr") + 1] if "--lr" in cmd else "none", list(cmd))
+            compare.Path(save).mkdir(parents=True, exist_ok=True)
+            (compare.Path(save) / compare.CKPT).write_text("x")
+        return 1.0
+
+    def fake_evaluate(checkpoint, out_json, split, log, label, extra, threads=None):
+        score, sparsity = score_of(*lr_of[str(checkpoint.parent)])
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(fake_result(score, split, sparsity)))
+
+    monkeypatch.setattr(compare, "run_commands", fake_run)
+    monkeypatch.setattr(compare, "evaluate", fake_evaluate)
+    monkeypatch.setattr(bench.compare_report, "write_report", lambda plan, lrs, wall: tmp_path / "report.md")
+    return trained, lr_of
 
 
 def test_tuning_reuses_identical_runs_and_reruns_cells_of_another_lr(tmp_path, monkeypatch, capsys):
@@ -79,98 +166,84 @@ def test_tuning_reuses_identical_runs_and_reruns_cells_of_another_lr(tmp_path, m
     choose is stale and replaced by the chosen tuning run, never kept as if it were tuned."""
     import bench.compare_report
 
-    trained: list[str] = []
-    lr_of: dict[str, str] = {}
+    scores = {"0.0005": 2.0, "0.001": 1.0}
 
-    def fake_run(commands, log, threads=None):
-        for cmd in commands:
-            save = cmd[cmd.index("--save_dir") + 1]
-            trained.append(save)
-            lr_of[save] = cmd[cmd.index("--lr") + 1] if "--lr" in cmd else "dense"
-            (compare.Path(save)).mkdir(parents=True, exist_ok=True)
-            (compare.Path(save) / compare.CKPT).write_text("x")
-        return 1.0
+    def score_of(lr, cmd):
+        return (0.0 if "--dense" in cmd else scores[lr]), (0.0 if "--dense" in cmd else 0.9)
 
-    scores = {"0.0005": 2.0, "0.001": 1.0, "dense": 0.0}
-
-    def fake_evaluate(checkpoint, out_json, reference, split, log, label, extra, threads=None):
-        score = scores[lr_of[str(checkpoint.parent)]]
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps({"delta_t": {"overall": score}, "losses": {}, "split": split,
-                                        "sparsity": {"overall": 0.9}}))
-
-    monkeypatch.setattr(compare, "run_commands", fake_run)
-    monkeypatch.setattr(compare, "evaluate", fake_evaluate)
-    monkeypatch.setattr(bench.compare_report, "write_report", lambda plan, lrs, wall: tmp_path / "report.md")
-    args = ["--methods", "snip", "--sparsities", "90", "--seeds", "1", "--out", str(tmp_path / "out"),
-            "--logs", str(tmp_path / "logs")]
+    trained, lr_of = _fakes(monkeypatch, tmp_path, score_of)
+    args = [*R34, "--methods", "snip", "--seeds", "1", "--out", str(tmp_path / "out"), "--logs", str(tmp_path / "logs")]
     assert compare.main([*args, "--grid_lr", "1e-3"]) == 0
     assert len(trained) == 2  # dense, snip at 1e-3
-    book_path = tmp_path / "logs" / "synthetic_comparison" / "cells.json"
-    assert json.loads(book_path.read_text())["snip_sp90_seed0"]["lr"] == 1e-3
+    book_path = tmp_path / "logs" / "comparison" / "cells.json"
+    assert json.loads(book_path.read_text())["resnet34/snip_sp90_seed0"]["lr"] == 1e-3
 
     trained.clear()
     assert compare.main([*args, "--grid_lr", "1e-3", "5e-4"]) == 0
-    # only the grid's new learning rate trained: 1e-3 is the finished cell, the chosen 5e-4 run becomes the cell
-    assert [lr_of[s] for s in trained] == ["0.0005"]
+    # dense's grid (2 runs; the earlier dense cell had no --lr, so it is not one of them) and snip's new lr only:
+    # 1e-3 is the finished cell, the chosen 5e-4 run becomes the cell
+    assert sorted(lr_of[s][0] for s in trained if "snip" in s) == ["0.0005"]
     book = json.loads(book_path.read_text())
-    assert book["snip_sp90_seed0_lr0.001"]["reused"] == "snip_sp90_seed0"
-    assert book["snip_sp90_seed0"]["lr"] == 5e-4
-    assert book["snip_sp90_seed0"]["reused"] == "snip_sp90_seed0_lr0.0005"
-    assert "--lr 0.0005" in book["snip_sp90_seed0"]["commands"][0]
+    assert book["resnet34/snip_sp90_seed0_lr0.001"]["reused"] == "resnet34/snip_sp90_seed0"
+    assert book["resnet34/snip_sp90_seed0"]["lr"] == 5e-4
+    assert book["resnet34/snip_sp90_seed0"]["reused"] == "resnet34/snip_sp90_seed0_lr0.0005"
+    assert "--lr 0.0005" in book["resnet34/snip_sp90_seed0"]["commands"][0]
     assert "recorded with other commands" in capsys.readouterr().out
 
     trained.clear()
     assert compare.main([*args, "--grid_lr", "1e-3", "5e-4"]) == 0
     assert trained == []  # everything is done and consistent
 
-    # the grid's choice flips back (as after a change of the tuning rule; here the validation scores change): the
-    # lr-1e-3 training still exists (its tuning entry points at it) and is evaluated again, not retrained
-    for tuned in (tmp_path / "logs" / "synthetic_comparison" / "tuning").glob("*_lr*.json"):
-        res = json.loads(tuned.read_text())
-        res["delta_t"]["overall"] = 2.0 if "lr0.001" in tuned.name else 1.0
-        tuned.write_text(json.dumps(res))
+    # the grid's choice flips back (the validation scores change): the lr-1e-3 training still exists (its tuning
+    # entry points at it) and is evaluated again, not retrained
+    for tuned in (tmp_path / "logs" / "comparison" / "tuning" / "resnet34").glob("snip*_lr*.json"):
+        tuned.write_text(json.dumps(fake_result(2.0 if "lr0.001" in tuned.name else 1.0, "val")))
     trained.clear()
     assert compare.main([*args, "--grid_lr", "1e-3", "5e-4"]) == 0
     assert trained == []
-    assert json.loads(book_path.read_text())["snip_sp90_seed0"]["lr"] == 1e-3
+    assert json.loads(book_path.read_text())["resnet34/snip_sp90_seed0"]["lr"] == 1e-3
 
     # --report_only reads the grid's choice from the finished tuning runs (for the report), training nothing
     seen = {}
     monkeypatch.setattr(bench.compare_report, "write_report", lambda plan, lrs, wall: seen.update(lrs) or tmp_path)
     assert compare.main([*args, "--grid_lr", "1e-3", "5e-4", "--report_only"]) == 0
-    assert trained == [] and seen["snip"] == 1e-3
+    assert trained == [] and seen[("resnet34", "snip")] == 1e-3 and ("resnet34", "dense") in seen
 
 
-def test_tuning_prefers_a_learning_rate_that_reaches_the_target(tmp_path, monkeypatch):
-    """A run that stops short of the target sparsity does not win the grid on Δ_T (it is less sparse)."""
-    import bench.compare_report
+def test_a_changed_protocol_preset_retrains_every_cell(tmp_path, monkeypatch):
+    """The preset's content is not on the command line: a cell trained with another content is another training."""
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("crop_size: 48\n")
+    monkeypatch.setattr(compare, "PROTOCOL_CONFIG", str(preset))
+    trained, _ = _fakes(monkeypatch, tmp_path, lambda lr, cmd: (0.0, 0.0 if "--dense" in cmd else 0.9))
+    args = [*R34, "--methods", "lth", "--seeds", "1", "--grid_lr", "1e-3", "--out", str(tmp_path / "o"), "--logs",
+            str(tmp_path / "logs")]
+    assert compare.main(args) == 0
+    assert len(trained) == 3  # dense, the shared pre-training, lth
+    trained.clear()
+    assert compare.main(args) == 0 and trained == []
+    preset.write_text("crop_size: 64\n")
+    assert compare.main(args) == 0
+    assert len(trained) == 3  # all again, the pre-training included
 
-    lr_of: dict[str, str] = {}
 
-    def fake_run(commands, log, threads=None):
-        for cmd in commands:
-            save = cmd[cmd.index("--save_dir") + 1]
-            lr_of[save] = cmd[cmd.index("--lr") + 1] if "--lr" in cmd else "dense"
-            compare.Path(save).mkdir(parents=True, exist_ok=True)
-            (compare.Path(save) / compare.CKPT).write_text("x")
-        return 1.0
+def test_tuning_prefers_a_learning_rate_that_reaches_the_target_and_tunes_dense_on_its_own_mean(tmp_path,
+                                                                                             monkeypatch):
+    """A run that stops short of the target sparsity does not win the grid on Δ_T (it is less sparse); dense
+    takes the lr whose validation metrics beat the mean of its grid."""
 
-    def fake_evaluate(checkpoint, out_json, reference, split, log, label, extra, threads=None):
-        lr = lr_of[str(checkpoint.parent)]
+    def score_of(lr, cmd):
+        if "--dense" in cmd:
+            return {"0.0005": 1.0, "0.001": -1.0}[lr], 0.0
         # the small lr scores better but ends at 85% (stopped short of 90%); the large one reaches 90.6%
-        res = {"0.0005": (9.0, 0.85), "0.001": (1.0, 0.906), "dense": (0.0, 0.0)}[lr]
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps({"delta_t": {"overall": res[0]}, "losses": {}, "split": split,
-                                        "sparsity": {"overall": res[1]}}))
+        return {"0.0005": (9.0, 0.85), "0.001": (1.0, 0.906)}[lr]
 
-    monkeypatch.setattr(compare, "run_commands", fake_run)
-    monkeypatch.setattr(compare, "evaluate", fake_evaluate)
-    monkeypatch.setattr(bench.compare_report, "write_report", lambda plan, lrs, wall: tmp_path / "report.md")
-    assert compare.main(["--methods", "adapmtl", "--sparsities", "90", "--seeds", "1", "--grid_lr", "1e-3", "5e-4",
+    _fakes(monkeypatch, tmp_path, score_of)
+    assert compare.main([*R34, "--methods", "adapmtl", "--seeds", "1", "--grid_lr", "1e-3", "5e-4",
                          "--out", str(tmp_path / "out"), "--logs", str(tmp_path / "logs")]) == 0
-    book = json.loads((tmp_path / "logs" / "synthetic_comparison" / "cells.json").read_text())
-    assert book["adapmtl_sp90_seed0"]["lr"] == 1e-3
+    book = json.loads((tmp_path / "logs" / "comparison" / "cells.json").read_text())
+    assert book["resnet34/adapmtl_sp90_seed0"]["lr"] == 1e-3
+    assert book["resnet34/dense_seed0"]["lr"] == 5e-4 and book["resnet34/dense_seed0"]["reused"].endswith("lr0.0005")
 
 
 def test_jobs_run_cells_side_by_side_with_their_share_of_the_cores(tmp_path, monkeypatch):
@@ -200,28 +273,29 @@ def test_jobs_run_cells_side_by_side_with_their_share_of_the_cores(tmp_path, mon
             active[0] -= 1
         return 1.0
 
-    def fake_evaluate(checkpoint, out_json, reference, split, log, label, extra, threads=None):
+    def fake_evaluate(checkpoint, out_json, split, log, label, extra, threads=None):
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps({"delta_t": {"overall": 0.0}, "losses": {}, "split": split,
-                                        "sparsity": {"overall": 0.9}}))
+        out_json.write_text(json.dumps(fake_result(0.0, split)))
 
     fail = [False]
     monkeypatch.setattr(compare, "run_commands", fake_run)
     monkeypatch.setattr(compare, "evaluate", fake_evaluate)
     monkeypatch.setattr(bench.compare_report, "write_report", lambda plan, lrs, wall: tmp_path / "report.md")
     monkeypatch.setattr(compare.os, "cpu_count", lambda: 4)
-    args = ["--methods", "snip", "lth", "--sparsities", "90", "--seeds", "2", "--grid_lr", "1e-3", "--out",
-            str(tmp_path / "out"), "--logs", str(tmp_path / "logs"), "--jobs", "2"]
+    args = ["--methods", "snip", "lth", "--seeds", "2", "--grid_lr", "1e-3", "--out", str(tmp_path / "out"),
+            "--logs", str(tmp_path / "logs"), "--jobs", "2"]
     assert compare.main(args) == 0
     assert peak[0] == 2 and threads_seen == {2}  # 4 cores, 2 jobs: 2 threads each
-    book = json.loads((tmp_path / "logs" / "synthetic_comparison" / "cells.json").read_text())
-    assert {"dense_seed0", "dense_seed1", "pretrain_P500_seed0", "pretrain_P500_seed1", "snip_sp90_seed0",
-            "snip_sp90_seed1", "lth_sp90_seed0", "lth_sp90_seed1"} <= set(book)
+    book = json.loads((tmp_path / "logs" / "comparison" / "cells.json").read_text())
+    for arch in ("resnet34", "mobilenetv2"):
+        assert {f"{arch}/{k}" for k in ("dense_seed0", "dense_seed1", "pretrain_P600_seed0", "pretrain_P600_seed1",
+                                        "snip_sp90_seed0", "snip_sp90_seed1", "lth_sp90_seed0", "lth_sp90_seed1")
+                } <= set(book)
     assert all(e["jobs"] == 2 and e["threads"] == 2 for e in book.values())
 
     fail[0] = True
     with pytest.raises(UserError, match="a broken cell"):
-        compare.main(["--methods", "imp", "--sparsities", "90", "--seeds", "1", "--grid_lr", "1e-3", "5e-4",
+        compare.main([*R34, "--methods", "imp", "--seeds", "1", "--grid_lr", "1e-3", "5e-4",
                       "--out", str(tmp_path / "out"), "--logs", str(tmp_path / "logs"), "--jobs", "2"])
 
 

@@ -178,3 +178,16 @@ def test_cli_on_a_real_tiny_training_run(tmp_path, tiny_flags):
     assert 0.0 < scalars["sparsity/overall_sparsity"][-1][1] < 1.0  # a fraction, not percent
     with pytest.raises(UserError, match="--labels got 2 labels for 1 runs"):
         cli.main([str(run), "--labels", "a", "b"])
+
+
+@needs_matplotlib
+def test_budget_ramp_is_drawn_in_percent_not_as_a_component():
+    from bench.plots import _import_matplotlib, _sparsity_figure
+
+    scalars = {"sparsity/Backbone": [(1, 40.0), (2, 80.0)], "sparsity/overall_sparsity": [(1, 0.4), (2, 0.85)],
+               "sparsity/budget_target": [(1, 0.45), (2, 0.9)]}
+    Figure, _ = _import_matplotlib()
+    ax = _sparsity_figure(Figure, {"AdapMTL": scalars}).axes[0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines["budget ramp"] == [45.0, 90.0]  # a fraction in the log, percent on the axis
+    assert set(lines) == {"backbone", "overall", "budget ramp"}

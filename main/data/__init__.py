@@ -90,8 +90,9 @@ def build_dataset(cfg: Config, split: str) -> Dataset:
         from .synthetic import SyntheticScenes
 
         length = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}[split]
-        return SyntheticScenes(split, tasks=tuple(cfg.tasks), size=cfg.crop_size, length=length,
-                               seed=cfg.data_seed)
+        stream = split == "train" and length == 0  # --train_size 0: every training scene fresh
+        return SyntheticScenes(split, tasks=tuple(cfg.tasks), size=cfg.crop_size, length=None if stream else length,
+                               seed=cfg.data_seed, stream=stream)
     tasks = _check_tasks(cfg)
     if cfg.dataset == "nyuv2":
         from .nyuv2 import NYUv2

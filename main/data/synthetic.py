@@ -58,6 +58,7 @@ TASKS_3 = ("segment_semantic", "normal", "depth_zbuffer")
 TASKS_5 = TASKS_3 + ("keypoints2d", "edge_texture")
 
 DEFAULT_LENGTHS: dict[str, int] = {"train": 2000, "val": 200, "test": 200}
+STREAM_LENGTH = 2**31 - 1  # ``--train_size 0``: an unbounded stream of fresh scenes (prime: see data/sampler.py)
 RGB_MEAN = 0.5
 RGB_STD = 0.25
 
@@ -570,7 +571,8 @@ class SyntheticScenes(Dataset):
     """Map-style dataset of rendered scenes; ``ds[i]`` or ``ds[i, aug_seed]`` -> dict of tensors."""
 
     def __init__(self, split: str, tasks: Sequence[str] = TASKS_3, size: int = 64, length: int | None = None,
-                 seed: int = 0, augment: bool | None = None, cache: bool = True, *, jitter: float = 0.1):
+                 seed: int = 0, augment: bool | None = None, cache: bool = True, *, jitter: float = 0.1,
+                 stream: bool = False):
         if split not in _SPLIT_IDS:
             raise ValueError(f"unknown split {split!r}; use one of {sorted(_SPLIT_IDS)}")
         unknown = [t for t in tasks if t not in TASKS_5]
@@ -583,7 +585,11 @@ class SyntheticScenes(Dataset):
         self.split, self.size, self.seed = split, int(size), int(seed)
         self.tasks: tuple[str, ...] = tuple(tasks)
         self.num_classes: int = len(CLASS_NAMES)
-        self.length = DEFAULT_LENGTHS[split] if length is None else int(length)
+        # stream: an unbounded supply of fresh scenes (ResumableBatchSampler walks it without shuffling); a scene
+        # is seen once, so nothing is cached
+        self.stream = bool(stream)
+        self.length = STREAM_LENGTH if stream else DEFAULT_LENGTHS[split] if length is None else int(length)
+        cache = cache and not stream
         if self.length < 0:
             raise ValueError(f"length must be >= 0, got {length}")
         self.augment = split == "train" if augment is None else bool(augment)

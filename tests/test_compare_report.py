@@ -1,0 +1,77 @@
+"""The comparison's statistics and report: noise floor, Δ_T against the dense mean, t intervals, paired tests."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+from scipy import stats
+
+from bench import compare, compare_report
+from bench.comparison_stats import NoiseFloor, delta, mean_table, paired, t_interval
+from tests.test_compare import fake_metrics, fake_result
+
+
+def test_delta_against_the_mean_and_leave_one_out_noise_floor():
+    tables = [fake_metrics(s) for s in (1.0, -1.0, 3.0, -3.0)]
+    ref = mean_table(tables)
+    # every metric 1 % (relative) better than 1 → each task's Δ is the number of metrics × about 1 %
+    assert delta(tables[0], ref)["tasks"]["segment_semantic"] == pytest.approx(2 * 1.0, rel=0.01)
+    floor = NoiseFloor.of(tables)
+    expected = [delta(t, mean_table([o for o in tables if o is not t]))["overall"] for t in tables]
+    assert floor.values == pytest.approx(expected)
+    assert floor.std == pytest.approx(statistics.stdev(expected)) and floor.n == 4
+    assert floor.max_abs == pytest.approx(max(abs(x) for x in expected))
+    assert NoiseFloor.of(tables[:1]).std is None  # one seed has no noise floor
+
+
+def test_t_interval_and_paired_test_match_scipy():
+    a = {0: 1.0, 1: 3.0, 2: 2.5, 3: 4.0, 4: 0.5}
+    b = {0: 0.0, 1: 1.0, 2: 2.0, 3: 1.5, 4: 1.0, 9: 7.0}  # seed 9 has no partner: left out
+    res = paired(a, b)
+    diffs = [a[s] - b[s] for s in range(5)]
+    assert res.seeds == [0, 1, 2, 3, 4]
+    assert res.p == pytest.approx(stats.ttest_rel(list(a.values()), [b[s] for s in range(5)]).pvalue)
+    lo, hi = stats.t.interval(0.95, 4, loc=statistics.fmean(diffs), scale=stats.sem(diffs))
+    assert res.diff.mean == pytest.approx(statistics.fmean(diffs)) and res.diff.half == pytest.approx((hi - lo) / 2)
+    assert t_interval([2.0]).half is None and paired({0: 1.0}, {1: 1.0}) is None
+
+
+def write_cells(root, cells):
+    """cells: (arch, method, target, seed, score) → runs/<arch>/<key>.json and the book entry."""
+    book = {}
+    for arch, method, target, seed, score in cells:
+        key = f"{method}{'' if target is None else f'_sp{target}'}_seed{seed}"
+        path = root / "runs" / arch / f"{key}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(fake_result(score, sparsity=0.0 if target is None else 0.9)))
+        book[f"{arch}/{key}"] = {"architecture": arch, "method": method, "target": target, "seed": seed,
+                                 "commands": ["python x"], "wall_s": 60.0}
+    (root / "cells.json").write_text(json.dumps(book))
+
+
+def test_report_prints_noise_floor_cis_paired_tests_and_the_ceiling_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_report, "_plots", lambda plan, runs, groups: [])
+    plan = compare.Plan(compare.parse(["--architectures", "resnet34", "--logs", str(tmp_path)]))
+    dense = [0.5, -0.5, 1.0, -1.0, 0.0]
+    adap = [2.0, 2.5, 1.5, 2.2, 1.8]
+    snip = [a - 1.0 + 0.1 * i for i, a in enumerate(adap)]  # consistently about 1 point below AdapMTL
+    imp = [30.0, 29.0, 31.0, 30.5, 29.5]  # far above dense: the ceiling check must say so
+    cells = [("resnet34", "dense", None, s, v) for s, v in enumerate(dense)]
+    cells += [("resnet34", m, 90, s, v) for m, vs in (("adapmtl", adap), ("snip", snip), ("imp", imp))
+              for s, v in enumerate(vs)]
+    write_cells(plan.root, cells)
+    md = compare_report.write_report(plan, {}, 0.0).read_text()
+    floor = NoiseFloor.of([fake_metrics(v) for v in dense])
+    assert f"| resnet34 | standard (ranking) | 5 | {floor.std:.2f} | {floor.max_abs:.2f} |" in md
+    runs = compare_report.load_runs(plan.root)
+    snip_d = {r.seed: r.delta["standard"]["overall"] for r in runs if r.method == "snip"}
+    adap_d = {r.seed: r.delta["standard"]["overall"] for r in runs if r.method == "adapmtl"}
+    res = paired(snip_d, adap_d)
+    assert res.p < 0.05 and f"{res.diff} (n=5)" in md
+    assert "AdapMTL (stop rule): significantly better than SNIP (" in md
+    assert "significantly worse than IMP (" in md
+    assert "beat(s) the dense mean by more than twice the noise floor" in md and "IMP (+" in md
+    ci = t_interval(list(adap_d.values()))
+    assert f"| {ci} |" in md  # the AdapMTL row's Δ_T ± 95 % CI
