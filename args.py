@@ -13,16 +13,20 @@ import typing
 from collections.abc import Sequence
 
 from main.config import Config, ConfigError, apply_overrides, field_types, load_yaml
+from main.errors import ArgumentParser as OneLineParser
+from main.errors import UserError
 
 GROUPS = ("data", "model", "sparsity", "optimisation", "evaluation", "logging", "run")
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose command-line mistakes (misspelt flag, ``--iters abc``, missing ``--path``) are a
-    ``ConfigError``: one ``error: ...`` line and exit 2 through ``cli_main``, instead of the usage dump."""
+class ArgumentParser(OneLineParser):
+    """The entry scripts' parser: a command-line mistake is a ``ConfigError`` (one line, exit 2)."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise ConfigError(f"{' '.join(message.split())}; see `python {self.prog} --help`")
+        try:
+            super().error(message)
+        except UserError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _optional(cast):
@@ -136,12 +140,13 @@ def config_from_namespace(ns: dict) -> Config:
     """Parsed flags (only those given) over the defaults and an optional --config YAML, validated."""
     cfg = Config()
     config_file = ns.pop("config", None)
-    if config_file:
-        apply_overrides(cfg, load_yaml(config_file), config_file)
+    preset = load_yaml(config_file) if config_file else {}
+    apply_overrides(cfg, preset, config_file)
     for key, value in ns.items():
         setattr(cfg, key, value)
     cfg.validate()
     cfg.explicit = set(ns)  # type: ignore[attr-defined]
+    cfg.preset = (config_file, set(preset))  # type: ignore[attr-defined]  # --resume holds these to its rule too
     return cfg
 
 

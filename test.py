@@ -13,21 +13,20 @@ import json
 from pathlib import Path
 
 from args import parse_test_args
-from main.config import ConfigError
+from main.atomic import atomic_write_text
 from main.errors import cli_main
 from main.evaluate_checkpoint import evaluate_checkpoint
 from main.evaluation import format_table
 from main.monitor import want_progress
-from main.runner import check_writable, resolve_device
+from main.run_dir import check_output_file
+from main.runner import resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_test_args(argv)
     device = resolve_device(ns.device)
-    if ns.json:  # checked now, not after a long evaluation
-        if Path(ns.json).is_dir():
-            raise ConfigError(f"--json {ns.json} is a folder; name a file, e.g. --json {Path(ns.json) / 'eval.json'}")
-        check_writable(Path(ns.json).parent, "--json folder")
+    if ns.json is not None:  # checked now, not after a long evaluation; never one of the inputs
+        check_output_file(ns.json, "--json", {"--path": ns.path, "--reference": ns.reference})
     result = evaluate_checkpoint(ns.path, device, ns.split, batch_size=ns.batch_size, data_root=ns.data_root,
                                  metric_definitions=ns.metric_definitions, reference=ns.reference,
                                  show_progress=want_progress(ns.progress))
@@ -41,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     flops = result["flops"]
     print(f"conv FLOPs per input: {flops['nonzero']:,} on non-zero weights of {flops['dense']:,} dense "
           f"({flops['nonzero'] / max(flops['dense'], 1):.3f}×)")
-    if ns.json:
+    if ns.json is not None:
         Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(ns.json).write_text(json.dumps(result, indent=1))
+        atomic_write_text(ns.json, json.dumps(result, indent=1))
         print(f"wrote {ns.json}")
     return 0
 

@@ -32,7 +32,8 @@ import torch
 from main.config import Config, ConfigError
 from main.distributed import DistInfo
 from main.errors import cli_main
-from main.runner import check_run_dir, seed_everything
+from main.run_dir import check_run_dir
+from main.runner import seed_everything
 
 from .engine import check_same_on_all_ranks, install
 from .runs import (

@@ -48,7 +48,8 @@ from main.config import Config, ConfigError
 from main.distributed import DistInfo, gather_objects
 from main.errors import cli_main
 from main.masks import MaskSet
-from main.runner import check_run_dir, seed_everything
+from main.run_dir import check_run_dir
+from main.runner import seed_everything
 from main.trainer import Trainer
 
 from .engine import check_same_on_all_ranks, install

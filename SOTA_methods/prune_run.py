@@ -9,13 +9,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from main.atomic import atomic_write_text
 from main.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint
 from main.config import Config, ConfigError
 from main.data import build_dataset, dataset_info, verify_dataset
 from main.data.sampler import ResumableBatchSampler
 from main.masks import MaskSet
 from main.models import MultiTaskModel, build_model
-from main.runner import check_run_dir, model_from_checkpoint, resolve_device, seed_everything
+from main.run_dir import check_run_dir
+from main.runner import model_from_checkpoint, resolve_device, seed_everything
 from main.sparse import SparsityCounter, SparsityReport
 from main.trainer import checkpoint_name
 
@@ -83,6 +85,9 @@ def prune(cfg: Config, opts: dict) -> dict:
     masks = MaskSet.from_weights(model)  # zeros already there (baked thresholds, earlier pruning) stay pruned
     if saved_masks is not None:
         masks.load_state_dict(saved_masks)
+    if method not in STRUCTURED and masks.sparsity() > opts["prune_ratio"] + 1e-6:
+        raise ConfigError(f"--prune_ratio {opts['prune_ratio']:g} is below the checkpoint's sparsity "
+                          f"({masks.sparsity():.4f}): pruning never un-prunes; ask for at least that much")
     batches = score_batches(cfg, opts["num_batches"]) if method not in ("magnitude", "random") else []
     class_weights = info.class_weights.to(device) if info.class_weights is not None else None
     if method in STRUCTURED:
@@ -110,5 +115,5 @@ def prune(cfg: Config, opts: dict) -> dict:
     check_run_dir(cfg)
     atomic_save(state, path)
     summary = {"checkpoint": str(path), "pruning": pruning, "sparsity": report.as_dict()}
-    (save_dir / "masks.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(save_dir / "masks.json", json.dumps(summary, indent=1))
     return summary

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from args import build_parser, config_from_namespace
+from main.atomic import atomic_write_text
 from main.checkpoint import rng_state, set_rng_state
 from main.config import Config, ConfigError
 from main.distributed import DistInfo, cleanup, init_distributed
@@ -213,13 +214,13 @@ def write_method(save_dir: Path | str, info: dict, dist_info: DistInfo | None = 
     Rank 0 only (the other ranks have no run folder of their own; ``--resume`` reads it on every rank later).
     """
     if dist_info is None or dist_info.is_main:
-        (Path(save_dir) / METHOD_FILE).write_text(json.dumps(info, indent=1))
+        atomic_write_text(Path(save_dir) / METHOD_FILE, json.dumps(info, indent=1))
 
 
 def write_json(path: Path | str, obj: object, dist_info: DistInfo | None = None) -> None:
     """A json report, written by rank 0 only (every rank holds the same content)."""
     if dist_info is None or dist_info.is_main:
-        Path(path).write_text(json.dumps(obj, indent=1))
+        atomic_write_text(Path(path), json.dumps(obj, indent=1))
 
 
 def read_method(save_dir: Path | str) -> dict:

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from main.atomic import atomic_write_text
 from main.checkpoint import atomic_save
 from main.config import ConfigError
 from main.distributed import DistInfo, cleanup, init_distributed
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                       "source": ckpt, "target": ours.target, "target_meaning": RATIO_MEANING,
                       "target_filters": schedule.target_count, "window": ours.window, "per_step": ours.per_step,
                       "rewind_lr": ours.rewind_lr, "steps": schedule.history}
-            (save_dir / "structured.json").write_text(json.dumps(report, indent=1))
+            atomic_write_text(save_dir / "structured.json", json.dumps(report, indent=1))
 
         trainer.step_hooks.append(schedule)
         trainer.train()

@@ -12,7 +12,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .errors import UserError
 
 CHECKPOINT_VERSION = 1
@@ -30,20 +30,8 @@ class CheckpointError(UserError, RuntimeError):
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file beside ``path``, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` atomically (``atomic_write``: new inode, umask mode, old file intact on a crash)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -56,14 +44,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if found is None:
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt; use another file") from None
+            raise CheckpointError(f"checkpoint {path} is truncated, corrupt or unreadable; use another file") from None
         raise CheckpointError(
             f"refusing to load {path}: it contains pickled code or objects ({found.group(1)}) that could run on "
             "load; use a checkpoint written by this code, or re-save yours as a plain dict of tensors") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError):
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt; use another file") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
+        raise CheckpointError(f"checkpoint {path} is truncated, corrupt or unreadable; use another file") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no 'state_dict' entry)")
+    bad = next((k for k, v in state["state_dict"].items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # training never writes one (NaN steps are skipped); a damaged or foreign file
+        raise CheckpointError(f"{path} holds NaN/Inf weights ({bad}); it cannot be evaluated or trained from; use "
+                              "an earlier snapshot (checkpoints/ beside it) or another checkpoint")
     return state
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .atomic import atomic_write_text
 from .errors import UserError
 
 DATASETS = ("synthetic", "nyuv2", "taskonomy")
@@ -119,6 +120,9 @@ class Config:
 
     def validate(self) -> Config:
         """Check ranges and names; raise ``ConfigError`` with a fix for the first problem found."""
+        self._check_finite()
+        if not str(self.save_dir).strip():  # '' would write the run into the current folder
+            raise ConfigError("--save_dir is empty; name a folder, e.g. --save_dir outputs/run1")
         self.dataset = self.dataset.lower()
         _one_of("--dataset", self.dataset, DATASETS)
         _one_of("--architecture", self.architecture, ARCHITECTURES)
@@ -166,6 +170,8 @@ class Config:
             raise ConfigError(f"--head_dropout must be in [0, 1), got {self.head_dropout}")
         if self.priority is not None and len(self.priority) != len(self.tasks):
             raise ConfigError(f"--priority needs one value per task ({len(self.tasks)}), got {self.priority}")
+        if self.priority is not None and (min(self.priority) < 0 or sum(self.priority) <= 0):
+            raise ConfigError(f"--priority values are task weights: each >= 0 and not all 0, got {self.priority}")
         if self.adaptive_total is not None and self.adaptive_total <= 0:
             raise ConfigError(f"--adaptive_total must be positive, got {self.adaptive_total}")
         if self.dataset != "synthetic" and not self.data_root:
@@ -174,6 +180,14 @@ class Config:
             raise ConfigError("--resume and --reload exclude each other: resume continues a run, "
                               "reload starts a new one from a checkpoint's weights")
         return self
+
+    def _check_finite(self) -> None:
+        """No float option may be NaN or infinite (``--weight_decay nan`` would silently ruin a run)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            for x in value if isinstance(value, list | tuple) else [value]:
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise ConfigError(f"--{f.name} must be a finite number, got {x}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -231,12 +245,15 @@ def apply_overrides(cfg: Config, values: dict[str, Any], source: str) -> None:
 
 def load_yaml(path: str) -> dict[str, Any]:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}; check the --config path (presets are in configs/)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as e:  # a folder, a binary file (a checkpoint), unreadable
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not a UTF-8 text file"
+        raise ConfigError(f"--config {path} cannot be read ({reason}); it must be a YAML preset") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -245,5 +262,4 @@ def load_yaml(path: str) -> dict[str, Any]:
 
 
 def dump_yaml(cfg: Config, path: str) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -7,12 +7,19 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
 
 class UserError(Exception):
-    """An error the user can fix; its message names the problem and the fix."""
+    """An error the user can fix; its message names the problem and the fix.
+
+    ``exit_code`` / ``label``: how ``cli_main`` ends the process (a preempted run exits 143 with "stopped: ...").
+    """
+
+    exit_code = 2
+    label = "error"
 
 
 def one_line(error: UserError) -> str:
@@ -32,9 +39,18 @@ def cli_main(main: Callable[[list[str] | None], int | None]) -> None:
     try:
         code = main(None)
     except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        print(f"{e.label}: {one_line(e)}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose command-line mistakes (misspelt flag, ``--iters abc``, missing ``--path``) are a
+    ``UserError``: one ``error: ...`` line and exit 2 through ``cli_main``, instead of the usage dump."""
+
+    def error(self, message: str):  # type: ignore[override]
+        command = self.prog if self.prog.startswith("python") else f"python {self.prog}"
+        raise UserError(f"{' '.join(message.split())}; see `{command} --help`")

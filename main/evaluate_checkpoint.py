@@ -79,12 +79,16 @@ def conv_flops(model: MultiTaskModel, input_shape: tuple[int, ...], device: torc
 def load_reference(path: str, tasks: tuple[str, ...], directions: dict[str, dict[str, int]] | None = None) -> dict:
     """A dense model's test.py JSON, checked against this model's tasks (and, given ``directions``, metrics)."""
     try:
-        ref = json.loads(Path(path).read_text())
+        ref = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"--reference {path} not found; write it with test.py --json on the dense model") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"--reference {path} is not valid JSON ({e.msg}, line {e.lineno}); write it with "
                           "test.py --json on the dense model") from None
+    except (OSError, UnicodeDecodeError) as e:  # a folder, a binary file (a checkpoint), unreadable
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not a UTF-8 text file"
+        raise ConfigError(f"--reference {path} cannot be read ({reason}); it must be a test.py --json output") \
+            from None
     if not isinstance(ref, dict) or not isinstance(ref.get("metrics"), dict):
         raise ConfigError(f"--reference {path} has no 'metrics' object; it must be a test.py --json output")
     if set(ref["metrics"]) != set(tasks):
@@ -119,6 +123,10 @@ def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *,
     info = dataset_info(cfg)
     directions = metric_directions(info.metric_style, info.tasks)
     ref = load_reference(reference, info.tasks, directions) if reference else None
+    for key in ("dataset", "architecture"):  # Δ_T against a dense model of another setting means nothing
+        if ref is not None and ref.get(key) not in (None, getattr(cfg, key)):
+            raise ConfigError(f"--reference {reference} is a {ref[key]} model, this one {getattr(cfg, key)} ({key}); "
+                              f"use the dense model of the same {key}")
     dataset = build_dataset(cfg, split)
     verify_dataset(dataset)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False,

@@ -11,7 +11,6 @@ metadata, so ``test.py --path FILE.safetensors`` evaluates the export directly.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,11 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .atomic import atomic_write_bytes
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config
-from .errors import cli_main
+from .errors import ArgumentParser, cli_main
 from .masks import prunable_weights
 from .models import MultiTaskModel, build_model
+from .run_dir import check_output_file
 from .runner import model_from_checkpoint
 
 FORMAT = "adapmtl-sparse-v1"
@@ -45,7 +46,7 @@ def _unpack(bits: Tensor, values: Tensor, shape: list[int]) -> Tensor:
 
 def export_model(model: MultiTaskModel, cfg: Config, out: str | Path) -> dict:
     """Write ``model``'s effective weights to ``out``; returns size information."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     model = model.cpu()
     model.bake_thresholds()
@@ -65,7 +66,7 @@ def export_model(model: MultiTaskModel, cfg: Config, out: str | Path) -> dict:
         shapes[key] = list(param.shape)
     cfg.dense = True
     metadata = {"format": FORMAT, "config": json.dumps(cfg.to_dict()), "shapes": json.dumps(shapes)}
-    save_file(tensors, str(out), metadata=metadata)
+    atomic_write_bytes(out, save(tensors, metadata=metadata))
     return {"file_bytes": Path(out).stat().st_size, "packed_layers": len(shapes)}
 
 
@@ -105,10 +106,12 @@ def model_from_export(path: str | Path, device: torch.device, overrides: dict | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export a checkpoint's effective weights compactly.")
+    parser = ArgumentParser(prog="python -m main.export", description="Export a checkpoint's effective weights "
+                            "compactly.")
     parser.add_argument("--path", required=True, help="checkpoint (.model)")
     parser.add_argument("--out", required=True, help="output .safetensors file")
     ns = parser.parse_args(argv)
+    check_output_file(ns.out, "--out", {"--path": ns.path})  # checked before the work, never the input
     state = load_checkpoint(ns.path)
     cfg, model = model_from_checkpoint(state, ns.path, torch.device("cpu"))
     info = export_model(model, cfg, ns.out)

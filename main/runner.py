@@ -19,6 +19,7 @@ from .config import Config, ConfigError, dump_yaml
 from .data import build_dataset, dataset_info, verify_dataset
 from .distributed import DistInfo
 from .models import build_model
+from .run_dir import check_run_dir
 from .trainer import Trainer, checkpoint_name
 
 # Flags that may change when a run is resumed; any other difference would silently break "exact resume".
@@ -42,6 +43,8 @@ def _parse_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # meta, mps, xpu ...: not paths this project trains or tests on
+        raise ConfigError(f"--device {name}: this project runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu (or auto)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -59,61 +62,41 @@ def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> No
         torch.backends.cudnn.benchmark = False
 
 
-def holds_run(save_dir: Path) -> bool:
-    return save_dir.is_dir() and (any(save_dir.glob("*.model")) or (save_dir / "config.yaml").exists())
-
-
-def check_writable(path: Path, flag: str) -> None:
-    """``path`` is, or can be created as, a writable folder: checked without creating anything."""
-    path = Path(os.path.abspath(path))
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {path} is a file, not a folder; choose another {flag}")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"cannot create {flag} {path}: {existing} is a file, not a folder; choose another {flag}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: {existing} is not writable; choose a writable folder")
-
-
-def check_run_dir(cfg: Config, create: bool = True) -> None:
-    """Refuse to clobber another run and make sure the folder can be written; ``create`` makes it.
-
-    ``create=False`` only checks (nothing touches the disk), so every other user mistake can still be found
-    before the run folder appears.
-    """
-    save_dir = Path(cfg.save_dir)
-    if holds_run(save_dir) and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"--save_dir {save_dir} already holds a run; pass --resume to continue it, "
-                          "--overwrite to replace it, or choose another --save_dir")
-    check_writable(save_dir, "--save_dir")
-    if not create:
-        return
-    try:
-        save_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create --save_dir {save_dir} ({e.strerror}); choose a writable folder") from None
-    if not os.access(save_dir, os.W_OK):
-        raise ConfigError(f"--save_dir {save_dir} is not writable; choose a writable folder")
-
-
 def config_for_resume(cfg: Config, explicit: set[str]) -> tuple[Config, dict]:
     """The checkpoint's config, with only the resumable flags the user gave on the command line."""
-    stem = Path(checkpoint_name(cfg.tasks)).stem
+    stem = _resume_stem(Path(cfg.save_dir), cfg, explicit)
     path, state = load_newest_intact(Path(cfg.save_dir), stem, warn=lambda m: print(f"warning: {m}"))
     if not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{path} carries no config, so --resume cannot continue it; start a new run")
+    if "optimizer" not in state:  # pruning.py writes pruned weights and masks, not a training state
+        raise CheckpointError(f"{path} holds no training state (it was written by pruning.py), so --resume cannot "
+                              f"continue it; fine-tune it instead: python finetune.py --load_checkpoint {path} "
+                              "--save_dir NEW_FOLDER")
     resumed = Config.from_dict(state["config"], source=str(path))
-    for key in explicit:
+    preset_file, preset_keys = getattr(cfg, "preset", (None, set()))
+    for key in sorted(set(explicit) | set(preset_keys)):
         ours, theirs = getattr(cfg, key), getattr(resumed, key)
         if key in RESUMABLE_OVERRIDES:
             setattr(resumed, key, ours)
         elif ours != theirs and key not in ("config",):
-            raise ConfigError(f"--{key} {ours} differs from the resumed run's {theirs}; a resumed run keeps its "
+            given = f"--{key} {ours}" if key in explicit else f"--config {preset_file} sets {key}: {ours}, which"
+            raise ConfigError(f"{given} differs from the resumed run's {theirs}; a resumed run keeps its "
                               "settings (start a new run with --reload to change them)")
     resumed.resume = True
     return resumed.validate(), state
+
+
+def _resume_stem(save_dir: Path, cfg: Config, explicit: set[str]) -> str:
+    """The checkpoint name ``--resume`` continues.  The name follows the tasks: a run of other tasks than the
+    current defaults is found by its own file; other ``--tasks`` given explicitly get the true reason."""
+    stem = Path(checkpoint_name(cfg.tasks)).stem
+    if (save_dir / f"{stem}.model").is_file() or any((save_dir / "checkpoints").glob(f"{stem}_iter*.model")):
+        return stem
+    others = sorted(p.stem for p in save_dir.glob("*.model") if not p.name.startswith("best_"))
+    if others and "tasks" in explicit:
+        raise ConfigError(f"--tasks {' '.join(cfg.tasks)} differs from the run in {save_dir} ({others[0]}.model); "
+                          "a resumed run keeps its tasks: drop --tasks")
+    return others[0] if len(others) == 1 else stem
 
 
 def check_fits(model: torch.nn.Module, state: dict, source: str, cfg: Config) -> None:

@@ -10,6 +10,7 @@ checkpoint files, TensorBoard) is delegated to the modules named in the imports.
 
 from __future__ import annotations
 
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .atomic import atomic_write_text
 from .checkpoint import (
     CHECKPOINT_VERSION,
     CheckpointError,
@@ -36,6 +38,7 @@ from .masks import MaskSet
 from .models import MultiTaskModel
 from .monitor import ScalarWriter, component_tag, get_logger, progress, want_progress
 from .precision import amp_warning, autocast, grad_scaler, predictions_fp32, to_channels_last
+from .preemption import Preempted, StopSignals, signal_name
 from .sparse import SparsityCounter, SparsityReport
 from .sparsity_control import BudgetController
 from .tasks import TaskMetrics, metric_directions, task_loss
@@ -308,19 +311,24 @@ class Trainer:
         self.model.train()
         batches = iter(self._train_loader())
         bar = progress(total=cfg.iters, initial=self.iteration, desc="train", enabled=self.show_progress)
+        stop = StopSignals()
         try:
+            stop.__enter__()
             for it in range(self.iteration, cfg.iters):
                 batch = to_device(next(batches), self.device)
                 _, losses, counts = self._step_losses(batch)
                 # Every rank folds in the same (all-reduced) losses, so every rank holds the same weights.
                 global_losses = all_reduce_mean(losses.detach(), self.dist)
-                flags = self.flags_before_backward(global_losses, counts, limit)
                 saved_weighting = self.weighting.snapshot()
                 weights = self.weighting.update(global_losses, it)
                 total = (losses * weights * self.priority).sum()
+                # the step is skipped when a task loss OR the weighted total is not finite (the global total:
+                # every rank decides alike)
+                checked = torch.cat([global_losses, (global_losses * weights * self.priority).sum().reshape(1)])
+                flags = self.flags_before_backward(checked, counts, limit)
                 self.optimizer.zero_grad(set_to_none=True)
                 (self.scaler.scale(total) if self.scaler is not None else total).backward()
-                flags, counts = self.flags_after_backward(flags, global_losses, counts, limit)
+                flags, counts = self.flags_after_backward(flags, checked, counts, limit)
                 finite, reached = flags.get()
                 if finite:
                     consecutive_bad = 0
@@ -376,13 +384,18 @@ class Trainer:
                         self._validate(writer)
                     barrier(self.dist)
                     t_last = time.perf_counter()
-                if self.iteration % cfg.save_iters == 0 or self.iteration == cfg.iters:
-                    # every rank's RNG (dropout streams differ per rank) so a DDP resume is exact on all ranks
-                    rng_ranks = gather_objects(rng_state(), self.dist) if self.dist.enabled else None
-                    if self.is_main:
-                        self.save(rng_ranks=rng_ranks)
-                        self._write_sparsity_json()
+                saved = self.iteration % cfg.save_iters == 0 or self.iteration == cfg.iters
+                if saved:
+                    self._save_latest()
+                signum = self._stop_signal(stop, logged=self.iteration % cfg.log_every == 0)
+                if signum is not None and self.iteration < cfg.iters:
+                    if not saved:
+                        self._save_latest()
+                    raise Preempted(f"stopped by {signal_name(signum)} after iteration {self.iteration}: checkpoint "
+                                    f"written to {self.save_dir}; continue with the same command plus --resume",
+                                    signum)
         finally:
+            stop.__exit__()
             bar.close()
             writer.close()
         bad = getattr(self.train_set, "bad_samples", 0)
@@ -390,6 +403,24 @@ class Trainer:
             self.log.info(f"skipped {bad} unreadable training sample(s) (--skip_bad_samples); see the dataset check: "
                           f"python -m main.data.check --dataset {self.cfg.dataset} --data_root {self.cfg.data_root}")
         return {"iter": self.iteration, "best": self.best}
+
+    def _save_latest(self) -> None:
+        # every rank's RNG (dropout streams differ per rank) so a DDP resume is exact on all ranks
+        rng_ranks = gather_objects(rng_state(), self.dist) if self.dist.enabled else None
+        if self.is_main:
+            self.save(rng_ranks=rng_ranks)
+            self._write_sparsity_json()
+
+    def _stop_signal(self, stop: StopSignals, logged: bool) -> int | None:
+        """The signal to stop on after this step, if any.  Alone: as soon as one arrived.  Under torchrun the
+        ranks agree at log intervals (one all-reduce), so that all of them stop at the same iteration."""
+        if not self.dist.enabled:
+            return stop.signum
+        if not logged:
+            return None
+        seen = torch.tensor([float(stop.signum or 0)], device=self.device)
+        agreed = float(all_reduce_mean(seen, self.dist))
+        return None if agreed == 0 else (stop.signum or int(signal.SIGTERM))
 
     def _log_interval(self, writer: ScalarWriter, mean_losses: Tensor, weights: Tensor, frozen: int,
                       steps: int, sec_per_iter: float, bar) -> None:
@@ -477,5 +508,5 @@ class Trainer:
         import json
 
         report = self.sparsity_report()
-        (self.save_dir / "sparsity.json").write_text(json.dumps({"iter": self.iteration, **report.as_dict()},
-                                                                 indent=1))
+        summary = {"iter": self.iteration, **report.as_dict()}
+        atomic_write_text(self.save_dir / "sparsity.json", json.dumps(summary, indent=1))

@@ -112,3 +112,54 @@ def test_a_crash_during_a_checkpoint_write_leaves_the_good_file(tmp_path, monkey
         checkpoint.atomic_save({"state_dict": {"w": torch.zeros(3)}, "iter": 2}, path)
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["run.model"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_finish_the_step_save_and_resume_exactly(tmp_path, tiny_flags, signum, code):
+    """Preemption: the signal ends the run after its current step with a checkpoint (none is due: --save_iters is
+    past the end), one line naming --resume, and exit 128 + signal; the resumed run equals an uninterrupted one."""
+    flags = tiny_flags + ["--iters", "60", "--save_iters", "1000", "--val_iters", "1000", "--deterministic",
+                          "--no-tensorboard"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    subprocess.run([sys.executable, "baseline.py", *flags, "--save_dir", str(full)], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, "baseline.py", *flags, "--save_dir", str(stopped)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = stopped / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and "[Iter 6]" not in (log.read_text() if log.is_file() else ""):
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stopped: ") and "--resume" in lines[0], err
+    at = load_checkpoint(stopped / CKPT)["iter"]
+    assert 6 <= at < 60, at
+    subprocess.run([sys.executable, "baseline.py", "--save_dir", str(stopped), "--resume"], cwd=ROOT, env=env,
+                   check=True, capture_output=True, timeout=300)
+    assert_same_state(load_checkpoint(full / CKPT), load_checkpoint(stopped / CKPT))
+
+
+def test_a_non_finite_total_loss_is_a_skipped_step(tmp_path, tiny_flags, monkeypatch, caplog):
+    """Finite task losses with an infinite task weight: the weighted total is not finite, so the step is skipped."""
+    from main import weighting
+
+    cls = weighting.AdaptiveWeighting  # the tiny flags' weighting
+    real_update = cls.update
+    calls = {"n": 0}
+
+    def update(self, losses, it):
+        calls["n"] += 1
+        w = real_update(self, losses, it)
+        return w * float("inf") if calls["n"] == 3 else w
+
+    monkeypatch.setattr(cls, "update", update)
+    run = tmp_path / "inf"
+    assert baseline.main(tiny_flags + ["--iters", "5", "--val_iters", "100", "--save_dir", str(run)]) == 0
+    state = load_checkpoint(run / CKPT)
+    assert state["iter"] == 5
+    assert all(bool(torch.isfinite(v).all()) for v in state["state_dict"].values() if v.is_floating_point())
+    assert "[Iter 3] non-finite loss" in (run / "train.log").read_text()
+    assert calls["n"] >= 5

@@ -204,14 +204,14 @@ def test_truncated_checkpoint(tmp_path, ckpt, capsys):
     bad = tmp_path / "truncated.model"
     data = ckpt.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
-    fails(test_script, ["--path", bad], tmp_path, capsys, "truncated or corrupt", "use another file")
+    fails(test_script, ["--path", bad], tmp_path, capsys, "truncated, corrupt", "use another file")
 
 
 def test_garbage_checkpoint_on_reload(tmp_path, capsys):
     bad = tmp_path / "garbage.model"
     bad.write_bytes(b"\x80\x02not a checkpoint at all" * 50)
     sd = tmp_path / "run"
-    fails(baseline, [*SMALL, "--reload", bad, "--save_dir", sd], tmp_path, capsys, "truncated or corrupt")
+    fails(baseline, [*SMALL, "--reload", bad, "--save_dir", sd], tmp_path, capsys, "truncated, corrupt")
     assert not sd.exists()
 
 
@@ -464,7 +464,7 @@ def test_end_to_end_exit_2_one_line_no_traceback(tmp_path, ckpt):
         (["baseline.py", *SMALL, "--save_dir", tmp_path / "notes.txt" / "run"], "not a folder"),
         (["pruning.py", "--load_checkpoint", ckpt, "--method", "lottery", "--prune_ratio", "0.5", "--save_dir",
           tmp_path / "pruned"], "is not known"),
-        (["test.py", "--path", garbage], "truncated or corrupt"),
+        (["test.py", "--path", garbage], "truncated, corrupt"),
         (["test.py", "--path", pickled], "pickled code"),
     ]
     before = snapshot(tmp_path)

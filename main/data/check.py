@@ -11,7 +11,6 @@ Exit code: 0 when all is well, 1 when anything is wrong, 2 for a usage error (ba
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import ArgumentParser, UserError, one_line
 from . import nyuv2, taskonomy
 from .errors import DatasetError
 from .real import check_root, load_index, split_entries
@@ -246,11 +246,15 @@ def _print(report: Report, stats: dict[str, Stats]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m main.data.check", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m main.data.check", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=sorted(SPECS))
     parser.add_argument("--data_root", required=True, help="the dataset folder (holding the JSON index)")
     parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
     progress = {"auto": None, "on": True, "off": False}[args.progress]
     try:
         report = check_dataset(args.dataset, args.data_root, progress)

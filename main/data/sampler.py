@@ -14,7 +14,6 @@ import numpy as np
 
 from ..config import ConfigError
 
-
 # Stream mode (a dataset too large to shuffle, e.g. ``--train_size 0``: every training scene fresh): sample number
 # p of a run reads index (p * _STREAM_STEP + seed * _STREAM_SEED_STEP) mod N.  N = 2**31 - 1 is prime, so each
 # seed walks all N scenes without repeating, and different seeds start far apart.

@@ -1,0 +1,146 @@
+"""The run folder (``--save_dir``): checked before any work, owned by one process, cleaned before it is reused.
+
+Why: a run folder holds days of GPU time.  Two processes writing one folder interleave their files; ``--overwrite``
+into a folder of a longer run used to keep that run's snapshots (and a later ``--resume`` continued the OLD run);
+a kill mid-write leaves ``*.tmp`` files.  So:
+
+- every check happens before the folder is created (``check_run_dir(create=False)``);
+- creating it takes an exclusive ``fcntl`` lock on ``.lock`` inside it, held until the process exits (the kernel
+  drops it when the process dies, so a stale lock file never blocks); a second process is refused with the
+  holder's PID;
+- then orphan temporary files are removed and, with ``--overwrite``, every file of the previous run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from .config import Config, ConfigError
+
+LOCK_NAME = ".lock"
+# What a run writes into its folder (the previous run's, removed by --overwrite).  Snapshots live in checkpoints/.
+RUN_FILES = ("*.model", "best_*", "events.out.tfevents.*", "sparsity.json", "config.yaml", "train.log")
+RUN_FOLDERS = ("checkpoints",)
+_held: dict[str, int] = {}  # resolved folder -> open lock fd, for the life of this process
+
+
+class RunFolderBusy(ConfigError):
+    """Another live process holds the run folder."""
+
+
+def holds_run(save_dir: Path) -> bool:
+    return save_dir.is_dir() and (any(save_dir.glob("*.model")) or (save_dir / "config.yaml").exists())
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """``path`` is, or can be created as, a writable folder: checked without creating anything."""
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; name a folder")
+    path = Path(os.path.abspath(path))
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder; choose another {flag}")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create {flag} {path}: {existing} is a file, not a folder; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {existing} is not writable; choose a writable folder")
+
+
+def check_output_file(out: str | os.PathLike, flag: str, inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """An output file named by ``flag`` can be written, and is none of the command's ``inputs`` (flag -> path).
+
+    Checked before any work: an evaluation that ran for an hour must not fail on its output path, and an output
+    that is also an input (``--json`` = ``--path``) would replace the checkpoint.  A hard link or symlink to an
+    input counts as the input.
+    """
+    if not str(out).strip():
+        raise ConfigError(f"{flag} is empty; name a file")
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {out} is a folder; name a file, e.g. {flag} {path / 'out'}")
+    for in_flag, source in inputs.items():
+        if source is None or not str(source).strip():
+            continue
+        same = os.path.abspath(path) == os.path.abspath(source) or (
+            path.exists() and Path(source).exists() and os.path.samefile(path, source))
+        if same:
+            raise ConfigError(f"{flag} {out} is the {in_flag} input of this command; writing it would replace that "
+                              f"file; choose another {flag}")
+    check_writable(path.parent, f"{flag} folder")
+
+
+def check_run_dir(cfg: Config, create: bool = True) -> None:
+    """Refuse to clobber another run and make sure the folder can be written; ``create`` makes it and owns it.
+
+    ``create=False`` only checks (nothing touches the disk), so every other user mistake can still be found
+    before the run folder appears.  ``create=True`` also locks the folder for this process, removes orphan
+    temporary files and, with ``--overwrite``, the previous run's files.
+    """
+    save_dir = Path(cfg.save_dir)
+    if holds_run(save_dir) and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(f"--save_dir {save_dir} already holds a run; pass --resume to continue it, "
+                          "--overwrite to replace it, or choose another --save_dir")
+    check_writable(save_dir, "--save_dir")
+    if not create:
+        return
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create --save_dir {save_dir} ({e.strerror}); choose a writable folder") from None
+    if not os.access(save_dir, os.W_OK):
+        raise ConfigError(f"--save_dir {save_dir} is not writable; choose a writable folder")
+    if lock_run_dir(save_dir):  # first time this process takes the folder (stages of one command share it)
+        remove_orphans(save_dir)
+        if cfg.overwrite and not cfg.resume:
+            clear_run(save_dir)
+
+
+def lock_run_dir(save_dir: Path) -> bool:
+    """Own ``save_dir`` until this process exits; ``RunFolderBusy`` names the PID of a live holder.
+
+    Returns True when this call took the lock, False when this process already held it.
+    """
+    key = str(Path(save_dir).resolve())
+    if key in _held:
+        return False
+    path = Path(save_dir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunFolderBusy(f"--save_dir {save_dir} is in use by another run (process {holder}); wait for it to "
+                            "finish, stop it, or choose another --save_dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = fd
+    return True
+
+
+def remove_orphans(save_dir: Path) -> list[Path]:
+    """Delete temporary files a killed process left mid-write (``.NAME.*.tmp``, ``.NAME.link``)."""
+    gone = []
+    for folder in (Path(save_dir), Path(save_dir) / "checkpoints"):
+        for pattern in (".*.tmp", ".*.link"):
+            for path in folder.glob(pattern):
+                path.unlink(missing_ok=True)
+                gone.append(path)
+    return gone
+
+
+def clear_run(save_dir: Path) -> None:
+    """Remove every file of the run that ``--overwrite`` replaces (not the lock, not unrelated files)."""
+    save_dir = Path(save_dir)
+    for pattern in RUN_FILES:
+        for path in save_dir.glob(pattern):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+    for name in RUN_FOLDERS:
+        shutil.rmtree(save_dir / name, ignore_errors=True)
