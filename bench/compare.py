@@ -12,8 +12,8 @@ total (pre-training, pruning and fine-tuning counted together) and the protocol 
 - AdapMTL (stop rule, the reference control): ``baseline.py`` for T from scratch, sInit and weight decay per
   target from ``REFERENCE_CONTROL`` (the reference controls sparsity this way; reference-adapmtl.md §3.4).
 - AdapMTL (budget control): the same with ``--sparsity_control budget`` and ONE sInit / weight decay for all targets.
-- AdapMTL from dense: the stop rule, ``--reload`` of the shared dense pre-training (P = T/2), for T - P: what the
-  reference README's "Option 2" describes.
+- AdapMTL from dense: ``--reload`` of the shared dense pre-training (P = T/2), then T - P with budget control (the
+  stop rule tuned for a start from scratch need not reach the target in T - P): the reference README's "Option 2".
 - ablations (seed 0, first architecture, budget control so that sparsity is equal): equal task weights; one
   global threshold instead of one per component.
 - SNIP, DiSparse-static: prune at initialisation, train T (``SOTA_methods.at_init``).
@@ -224,7 +224,7 @@ _ADAPMTL_EXTRA = {
 
 def _adapmtl(method: str) -> Callable[[_Ctx], list[list[str]]]:
     def build(c: _Ctx) -> list[list[str]]:
-        stop_rule = method in ("adapmtl", "adapmtl_dense_start")
+        stop_rule = method == "adapmtl"
         s_init, wd = REFERENCE_CONTROL[c.target] if stop_rule else BUDGET_CONTROL
         iters = c.plan.T - c.plan.P if method == "adapmtl_dense_start" else c.plan.T
         cmd = ["baseline.py", "--iters", str(iters), "--ratio", c.ratio, "--sInit_value", str(s_init),
@@ -578,7 +578,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         if not 0 < t < 100:
             raise UserError(f"sparsities and filter ratios are percentages in (0, 100), got {t}")
     missing = [t for t in ns.sparsities if t not in REFERENCE_CONTROL]
-    if missing and any(m in ("adapmtl", "adapmtl_dense_start") for m in [*ns.methods, *(ns.mobilenetv2_methods or [])]):
+    if missing and "adapmtl" in [*ns.methods, *(ns.mobilenetv2_methods or [])]:
         raise UserError(f"the stop rule has no sInit / weight decay for {missing[0]}%; its targets are "
                         f"{', '.join(map(str, REFERENCE_CONTROL))}")
     if ns.seeds < 1 or ns.iters < 2 or ns.jobs < 0 or ns.data_seed < 0:

@@ -38,7 +38,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dense", "Dense (baseline)", "dense"),
     Method("adapmtl", "AdapMTL (stop rule)", "adapmtl"),
     Method("adapmtl_budget", "AdapMTL (budget control)", "adapmtl"),
-    Method("adapmtl_dense_start", "AdapMTL from dense (stop rule)", "adapmtl"),
+    Method("adapmtl_dense_start", "AdapMTL from dense (budget control)", "adapmtl"),
     Method("adapmtl_budget_track", "AdapMTL (budget control, track mode)", "adapmtl"),
     Method("snip", "SNIP", "at_init"),
     Method("disparse_static", "DiSparse-static", "at_init"),

@@ -93,6 +93,8 @@ class Config:
                                       "weights sum to this (reference: 3 for any task count; null = #tasks)")
     priority: list[float] | None = _f(None, "optimisation", "per-task loss priorities (default all 1)",
                                       nargs="+")
+    weighting_dtype: str = _f("float32", "optimisation", "adaptive weights computed in float32 | float64 (the "
+                                                          "reference's precision)")
     seed: int = _f(0, "optimisation", "seed for data order, augmentation, dropout and init")
     max_bad_steps: int = _f(10, "optimisation", "stop after this many consecutive NaN/Inf losses (each is skipped)")
     deterministic: bool = _f(False, "optimisation", "torch.use_deterministic_algorithms (slower on GPU)")
@@ -104,6 +106,8 @@ class Config:
     val_iters: int = _f(300, "evaluation", "validate every N iterations (and at the end)")
     metric_definitions: str = _f("parity", "evaluation", "parity (reference metrics) | standard")
     select_by: str = _f("loss", "evaluation", "best checkpoint by: loss (mean val loss) | score (ref score)")
+    val_loss_mean: str = _f("sample", "evaluation", "validation loss averaged per sample | per batch (the "
+                                                    "reference's plain mean over batches)")
     best_after: int = _f(0, "evaluation", "only iterations after this can be 'best' (reference NYUv2: 16000)")
     # -- logging
     save_dir: str = _f("outputs/adapmtl", "logging", "run folder: checkpoints, config.yaml, TensorBoard")
@@ -129,6 +133,8 @@ class Config:
         _one_of("--task_weighting", self.task_weighting, ("adaptive", "equal"))
         _one_of("--metric_definitions", self.metric_definitions, ("parity", "standard"))
         _one_of("--select_by", self.select_by, ("loss", "score"))
+        _one_of("--val_loss_mean", self.val_loss_mean, ("sample", "batch"))
+        _one_of("--weighting_dtype", self.weighting_dtype, ("float32", "float64"))
         _one_of("--progress", self.progress, ("auto", "on", "off"))
         _one_of("--normals", self.normals, ("parity", "unit"))
         _one_of("--amp", self.amp, ("off", "bf16", "fp16"))

@@ -115,7 +115,7 @@ class Trainer:
         # skipped by the scaler itself (and the scale lowered); that is not a "bad step" of --max_bad_steps.
         self.scaler = grad_scaler(cfg.amp, device)
         self.weighting = build_weighting(cfg.task_weighting, self.tasks, cfg.adaptive_begin, cfg.adaptive_window,
-                                         cfg.adaptive_total)
+                                         cfg.adaptive_total, getattr(torch, cfg.weighting_dtype))
         self.priority = torch.tensor(cfg.priority or [1.0] * len(self.tasks), device=device)
         self.counter = SparsityCounter(self.model.components())
         self.counter.record_forward_counts(self.sparse)
@@ -469,7 +469,8 @@ class Trainer:
         """Higher is better: the reference test score, or minus the mean validation loss."""
         if self.cfg.select_by == "score":
             refs = NYUV2_REFERENCE_SCORES[self.cfg.architecture]
-            return selection_score(result["metrics"], refs, self.directions)
+            priority = dict(zip(self.tasks, self.cfg.priority)) if self.cfg.priority else None  # as the reference
+            return selection_score(result["metrics"], refs, self.directions, task_priority=priority)
         return -sum(result["losses"].values()) / len(result["losses"])
 
     def _sparsity_reached(self, overall: float, step: int) -> bool:
@@ -481,7 +482,7 @@ class Trainer:
     def _validate(self, writer: ScalarWriter) -> dict:
         batches = progress(self.val_loader(), desc="val", enabled=self.show_progress, leave=False)
         result = evaluate(self.model, batches, self.tasks, self.metrics, self.device, self.class_weights,
-                          amp=self.cfg.amp, channels_last=self.cfg.channels_last)
+                          amp=self.cfg.amp, channels_last=self.cfg.channels_last, loss_mean=self.cfg.val_loss_mean)
         step = self.iteration
         score = self.selection_value(result)
         report = self.sparsity_report()

@@ -50,17 +50,19 @@ class AdaptiveWeighting:
 
     name = "adaptive"
 
-    def __init__(self, tasks: Sequence[str], begin: int = 5000, window: int = 500, total: float = 3.0) -> None:
+    def __init__(self, tasks: Sequence[str], begin: int = 5000, window: int = 500, total: float = 3.0,
+                 dtype: torch.dtype = torch.float32) -> None:
         if window < 1:
             raise ValueError("adaptive window must be >= 1")
         self.tasks = tuple(tasks)
+        self.dtype = dtype  # float64: the reference's precision (its losses are Python floats); float32 differs ~1e-7
         self.begin = begin
         self.window = window
         self.total = total
         n = len(self.tasks)
-        self.weights = torch.ones(n)
-        self.prev = torch.zeros(n)
-        self.buffer = torch.zeros(n, window)
+        self.weights = torch.ones(n, dtype=dtype)
+        self.prev = torch.zeros(n, dtype=dtype)
+        self.buffer = torch.zeros(n, window, dtype=dtype)
 
     def _to(self, device: torch.device) -> None:
         if self.weights.device != device:
@@ -70,7 +72,7 @@ class AdaptiveWeighting:
 
     def update(self, losses: Tensor, iteration: int) -> Tensor:
         """Fold this iteration's per-task losses (shape (T,), any device) in; return the weights to use now."""
-        losses = losses.detach().float()
+        losses = losses.detach().to(self.dtype)
         self._to(losses.device)
         if iteration >= self.begin:
             entries = iteration - self.begin  # relative changes recorded after this step
@@ -80,7 +82,7 @@ class AdaptiveWeighting:
                     self.weights = self.buffer.mean(dim=1)
             self.prev = losses.clone()
         self.weights = self.weights * (self.total / self.weights.sum())
-        return self.weights
+        return self.weights.float()
 
     def snapshot(self) -> tuple[Tensor, Tensor, Tensor]:
         """Device copies of the state (no host sync), to undo an update whose losses were not finite."""
@@ -99,15 +101,16 @@ class AdaptiveWeighting:
         if int(state["window"]) != self.window or state["buffer"].shape[0] != len(self.tasks):
             raise ValueError("adaptive-weighting state does not match --adaptive_window / the task set")
         device = self.weights.device
-        self.weights = state["weights"].to(device)
-        self.prev = state["prev"].to(device)
-        self.buffer = state["buffer"].to(device)
+        self.weights = state["weights"].to(device, self.dtype)
+        self.prev = state["prev"].to(device, self.dtype)
+        self.buffer = state["buffer"].to(device, self.dtype)
 
 
-def build_weighting(kind: str, tasks: Sequence[str], begin: int, window: int, total: float | None):
+def build_weighting(kind: str, tasks: Sequence[str], begin: int, window: int, total: float | None,
+                    dtype: torch.dtype = torch.float32):
     """``kind`` in {"adaptive", "equal"}; ``total`` None means "number of tasks" (the corrected normaliser)."""
     if kind == "equal":
         return EqualWeighting(tasks)
     if kind == "adaptive":
-        return AdaptiveWeighting(tasks, begin, window, float(len(tasks)) if total is None else total)
+        return AdaptiveWeighting(tasks, begin, window, float(len(tasks)) if total is None else total, dtype)
     raise ValueError(f"unknown task weighting {kind!r}; choose 'adaptive' or 'equal'")
