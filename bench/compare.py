@@ -394,15 +394,28 @@ class Runner:
         log = plan.out / "logs" / f"{cell.key}.log"
         log.unlink(missing_ok=True)
         twin = self.finished_twin(cell, exclude=cell.key)
-        if twin is not None:  # an identical training (same commands up to the folder) already ran: evaluate it
+        twin_test = None if twin is None or cell.split != "test" else self.twin_test_json(twin[0])
+        if twin is not None and twin[1].is_file():  # an identical training (same commands) already ran: evaluate it
             cell.checkpoint = twin[1]
             wall = 0.0
             self.say(f"[compare] {cell.key}: the finished run {twin[0]} is this training, evaluating it")
+        elif twin_test is not None:  # its run folder is gone (another machine), its test evaluation is kept
+            cell.checkpoint = twin[1]
+            wall = 0.0
+            self.say(f"[compare] {cell.key}: the finished run {twin[0]} is this training, taking its test JSON")
         else:
+            twin = None
             self.say(f"[compare] {cell.key} ({cell.split}) ...")
             shutil.rmtree(cell.checkpoint.parent, ignore_errors=True)  # no stale events or checkpoints mixed in
             wall = run_commands(cell.commands, log, self.threads)
-        evaluate(cell.checkpoint, out_json, cell.split, log, cell.key, plan.ns.extra, self.threads)
+        if twin_test is not None and not twin[1].is_file():
+            out_json.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(twin_test, out_json)
+        else:
+            evaluate(cell.checkpoint, out_json, cell.split, log, cell.key, plan.ns.extra, self.threads)
+        if cell.split == "val":  # the test split too, now: the chosen lr's run is the seed-0 cell, even elsewhere
+            evaluate(cell.checkpoint, plan.tune / f"{cell.key}.test.json", "test", log, cell.key, plan.ns.extra,
+                     self.threads)
         entry = {"architecture": cell.arch, "method": cell.method, "target": cell.target, "seed": cell.seed,
                  "lr": cell.lr, "split": cell.split, "wall_s": round(wall, 1), "protocol": self.protocol,
                  "run_dir": str(cell.checkpoint.parent),
@@ -437,15 +450,25 @@ class Runner:
 
     def finished_twin(self, cell: Cell, exclude: str) -> tuple[str, Path] | None:
         """(key, checkpoint) of a finished run that trained exactly as ``cell`` would (the tuning run with the
-        chosen learning rate is the seed-0 cell, and the other way round): evaluated, not trained twice."""
+        chosen learning rate is the seed-0 cell, and the other way round): evaluated, not trained twice.  One whose
+        checkpoint is gone still counts when its test evaluation is kept (``twin_test_json``)."""
         with self._lock:
             entries = list(self.book.items())
+        found = None
         for key, entry in entries:
             if key == exclude or not self.same_training(entry, key, cell):
                 continue
             checkpoint = Path(entry.get("run_dir", self.save_dir(key, entry))) / CKPT
             if checkpoint.is_file():
                 return key, checkpoint
+            found = found or (key, checkpoint)
+        return found
+
+    def twin_test_json(self, key: str) -> Path | None:
+        """The test-split JSON a finished run left: a tuning run's ``<key>.test.json``, a cell's own JSON."""
+        for path in (self.plan.tune / f"{key}.test.json", self.plan.runs / f"{key}.json"):
+            if path.is_file():
+                return path
         return None
 
     # ------------------------------------------------------------------ the learning-rate grid

@@ -8,8 +8,13 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Callable
+
+
+RANK_ERROR_DELAY_S = 3.0
 
 
 class UserError(Exception):
@@ -39,7 +44,12 @@ def cli_main(main: Callable[[list[str] | None], int | None]) -> None:
     try:
         code = main(None)
     except UserError as e:
-        print(f"{e.label}: {one_line(e)}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        if rank != "0":
+            # Under torchrun every rank usually hits the same mistake: rank 0 says it and exits first (torchrun
+            # then stops the others, so the line appears once); a mistake of this rank alone is still printed.
+            time.sleep(RANK_ERROR_DELAY_S)
+        print(f"{e.label}{'' if rank == '0' else f' (rank {rank})'}: {one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -227,6 +227,28 @@ def test_a_changed_protocol_preset_retrains_every_cell(tmp_path, monkeypatch):
     assert len(trained) == 3  # all again, the pre-training included
 
 
+def test_the_chosen_tuning_run_is_the_seed0_cell_even_after_its_folder_is_gone(tmp_path, monkeypatch):
+    """Tuning runs are also evaluated on test when they finish, so a fresh machine (no run folders) takes the
+    seed-0 cell from that JSON instead of training it again."""
+    import shutil
+
+    trained, _ = _fakes(monkeypatch, tmp_path, lambda lr, cmd: ({"0.0005": 2.0, "0.001": 1.0}[lr],
+                                                                0.0 if "--dense" in cmd else 0.9))
+    args = [*R34, "--methods", "snip", "--seeds", "1", "--grid_lr", "1e-3", "5e-4", "--out", str(tmp_path / "o"),
+            "--logs", str(tmp_path / "logs")]
+    assert compare.main(args) == 0
+    root = tmp_path / "logs" / "comparison"
+    assert (root / "tuning" / "resnet34" / "snip_sp90_seed0_lr0.0005.test.json").is_file()
+    cell = root / "runs" / "resnet34" / "snip_sp90_seed0.json"
+    cell.unlink()
+    shutil.rmtree(tmp_path / "o")
+    trained.clear()
+    assert compare.main(args) == 0
+    assert trained == [] and cell.is_file()
+    assert json.loads(cell.read_text()) == json.loads(
+        (root / "tuning" / "resnet34" / "snip_sp90_seed0_lr0.0005.test.json").read_text())
+
+
 def test_tuning_prefers_a_learning_rate_that_reaches_the_target_and_tunes_dense_on_its_own_mean(tmp_path,
                                                                                              monkeypatch):
     """A run that stops short of the target sparsity does not win the grid on Δ_T (it is less sparse); dense

@@ -213,3 +213,26 @@ def test_wrong_kinds_of_files_and_inconsistent_inputs_are_one_line(trained, tmp_
                          "--save_dir", str(half), "--progress", "off"]) == 0
     fails(pruning, ["--load_checkpoint", half / CKPT, "--method", "magnitude", "--prune_ratio", "0.3",
                     "--save_dir", tmp_path / "p2", "--progress", "off"], tmp_path, capsys, "below the checkpoint")
+
+
+def test_under_torchrun_a_user_error_is_printed_once_by_rank_0(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--nproc_per_node=2", "baseline.py", "--iters", "abc"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert errors == ["error: argument --iters: invalid int value: 'abc'; see `python baseline.py --help`"]
+    assert "exitcode: 2" in proc.stderr and proc.returncode == 1  # torchrun's own summary and exit code
+
+
+def test_a_mistake_of_another_rank_alone_is_printed_with_its_rank(monkeypatch, capsys):
+    from main import errors
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(errors, "RANK_ERROR_DELAY_S", 0.0)
+
+    def main(_):
+        raise errors.UserError("only here")
+
+    with pytest.raises(SystemExit) as exc:
+        errors.cli_main(main)
+    assert exc.value.code == 2 and capsys.readouterr().err == "error (rank 1): only here\n"
