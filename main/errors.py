@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable
 
-
 RANK_ERROR_DELAY_S = 3.0
 
 
