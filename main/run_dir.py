@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,6 +51,12 @@ def check_writable(path: Path, flag: str) -> None:
         raise ConfigError(f"cannot create {flag} {path}: {existing} is a file, not a folder; choose another {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: {existing} is not writable; choose a writable folder")
+    try:  # root passes os.access everywhere: a real (nameless, at once removed) file tells /proc, read-only mounts
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write in {existing} ({e.strerror}); choose a writable folder") \
+            from None
 
 
 def check_output_file(out: str | os.PathLike, flag: str, inputs: Mapping[str, str | os.PathLike | None]) -> None:

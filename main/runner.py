@@ -187,6 +187,10 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device,
     cfg = Config.from_dict(state["config"], source=source)
     for key, value in (overrides or {}).items():
         setattr(cfg, key, value)
+    try:  # a stored config with an unknown architecture, task or dataset: one line naming the checkpoint
+        cfg.validate()
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: its stored config is not usable here ({e})") from None
     info = dataset_info(cfg)
     model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, cfg.sInit_value,
                         sparse=not cfg.dense, head_dropout=cfg.head_dropout, threshold_scope=cfg.threshold_scope)

@@ -236,3 +236,16 @@ def test_a_mistake_of_another_rank_alone_is_printed_with_its_rank(monkeypatch, c
     with pytest.raises(SystemExit) as exc:
         errors.cli_main(main)
     assert exc.value.code == 2 and capsys.readouterr().err == "error (rank 1): only here\n"
+
+
+def test_paths_even_root_cannot_write_and_foreign_configs_are_refused_up_front(trained, tmp_path, capsys):
+    import torch
+
+    ckpt = trained / CKPT
+    fails(test_script, ["--path", ckpt, "--json", "/proc/x.json"], tmp_path, capsys, "--json folder", "/proc")
+    fails(baseline, [*SMALL, "--save_dir", "/proc/run"], tmp_path, capsys, "--save_dir", "cannot write")
+    state = load_checkpoint(ckpt)
+    state["config"]["architecture"] = "vgg16"
+    foreign = tmp_path / "vgg.model"
+    torch.save(state, foreign)
+    fails(test_script, ["--path", foreign], tmp_path, capsys, "stored config", "vgg16")
