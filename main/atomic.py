@@ -14,6 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
+
+class WriteError(UserError, OSError):
+    """A file could not be written (disk full, quota, permissions changed mid-run)."""
+
 
 def file_mode() -> int:
     """The mode an ordinary new file gets under this process's umask (``mkstemp`` alone would give 0600)."""
@@ -30,18 +36,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
     checkpoints on a shared cluster folder are as readable as the other files there.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a quota, a vanished mount: one line, the old file intact
+            raise WriteError(f"cannot write {path} ({e.strerror or e}); the previous file, if any, is intact; free "
+                             "space or choose another folder") from None
         raise
 
 

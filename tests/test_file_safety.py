@@ -249,3 +249,20 @@ def test_paths_even_root_cannot_write_and_foreign_configs_are_refused_up_front(t
     foreign = tmp_path / "vgg.model"
     torch.save(state, foreign)
     fails(test_script, ["--path", foreign], tmp_path, capsys, "stored config", "vgg16")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    from main import atomic
+
+    target = tmp_path / "x.json"
+    atomic_write_text(target, "old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(atomic.WriteError, match="No space left on device"):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
