@@ -79,7 +79,7 @@ def run_imp(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
     seed_everything(cfg.seed)
     # Every rank refuses an occupied folder alike (one clean error, no rank left waiting in a collective); it
     # cannot see rank 0's files yet, since rank 0 writes run files only after a collective this rank joins.
-    check_run_dir(cfg, create=dist_info.is_main)
+    check_run_dir(cfg, create=dist_info.is_main, inputs={"--load_checkpoint": opts["load_checkpoint"]})
     save_dir = Path(cfg.save_dir)
     ft_iters = opts["finetune_iters"] or cfg.iters
     if ft_iters <= 0:

@@ -166,7 +166,9 @@ def run_lth(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
                               "snapshot as --init_checkpoint")
         cfg, _, masks = load_trained(cfg, opts["load_checkpoint"], device)
         seed_everything(cfg.seed)
-        check_run_dir(cfg, create=dist_info.is_main)  # every rank refuses alike; only rank 0 creates (as imp)
+        # every rank refuses alike; only rank 0 creates (as imp)
+        check_run_dir(cfg, create=dist_info.is_main, inputs={"--load_checkpoint": opts["load_checkpoint"],
+                                                             "--init_checkpoint": opts["init_checkpoint"]})
         if opts["init_checkpoint"]:
             snapshot, snap_source = load_checkpoint(opts["init_checkpoint"]), opts["init_checkpoint"]
             at = int(snapshot.get("iter", 0))

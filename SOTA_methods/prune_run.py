@@ -80,7 +80,8 @@ def prune(cfg: Config, opts: dict) -> dict:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     cfg, model, saved_masks = load_source(cfg, opts["load_checkpoint"], device)
-    check_run_dir(cfg, create=False)  # created only once every check (data included) has passed
+    inputs = {"--load_checkpoint": opts["load_checkpoint"]}
+    check_run_dir(cfg, create=False, inputs=inputs)  # created only once every check (data included) has passed
     info = dataset_info(cfg)
     masks = MaskSet.from_weights(model)  # zeros already there (baked thresholds, earlier pruning) stay pruned
     if saved_masks is not None:
@@ -112,7 +113,7 @@ def prune(cfg: Config, opts: dict) -> dict:
     if channel_masks is not None:
         state["channel_masks"] = channel_masks
     path = save_dir / checkpoint_name(info.tasks)
-    check_run_dir(cfg)
+    check_run_dir(cfg, inputs=inputs)
     atomic_save(state, path)
     summary = {"checkpoint": str(path), "pruning": pruning, "sparsity": report.as_dict()}
     atomic_write_text(save_dir / "masks.json", json.dumps(summary, indent=1))

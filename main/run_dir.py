@@ -82,18 +82,28 @@ def check_output_file(out: str | os.PathLike, flag: str, inputs: Mapping[str, st
     check_writable(path.parent, f"{flag} folder")
 
 
-def check_run_dir(cfg: Config, create: bool = True) -> None:
+def check_run_dir(cfg: Config, create: bool = True, inputs: Mapping[str, str | None] | None = None) -> None:
     """Refuse to clobber another run and make sure the folder can be written; ``create`` makes it and owns it.
 
     ``create=False`` only checks (nothing touches the disk), so every other user mistake can still be found
     before the run folder appears.  ``create=True`` also locks the folder for this process, removes orphan
-    temporary files and, with ``--overwrite``, the previous run's files.
+    temporary files and, with ``--overwrite``, the previous run's files.  ``inputs`` (flag -> path; ``--reload``
+    and the ``--config`` preset are added from ``cfg``): files the command reads, which ``--overwrite`` must not
+    delete.
     """
     save_dir = Path(cfg.save_dir)
     if holds_run(save_dir) and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"--save_dir {save_dir} already holds a run; pass --resume to continue it, "
                           "--overwrite to replace it, or choose another --save_dir")
     check_writable(save_dir, "--save_dir")
+    if cfg.overwrite and not cfg.resume:
+        preset = getattr(cfg, "preset", (None, set()))[0]
+        named = {"--reload": cfg.reload, "--config": preset, **(inputs or {})}
+        for flag, source in named.items():
+            if source and save_dir.is_dir() and Path(os.path.abspath(source)).is_relative_to(
+                    Path(os.path.abspath(save_dir))):
+                raise ConfigError(f"{flag} {source} lies in --save_dir {save_dir}, whose previous run --overwrite "
+                                  f"deletes; copy it elsewhere first or choose another --save_dir")
     if not create:
         return
     try:

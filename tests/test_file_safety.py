@@ -266,3 +266,18 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypat
     with pytest.raises(atomic.WriteError, match="No space left on device"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_overwrite_never_deletes_an_input_of_the_command(trained, tmp_path, capsys):
+    import shutil
+
+    import pruning
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    fails(baseline, [*SMALL, "--reload", run / CKPT, "--save_dir", run, "--overwrite"], tmp_path, capsys,
+          "--reload", "lies in --save_dir")
+    fails(baseline, ["--config", run / "config.yaml", "--save_dir", run, "--overwrite"], tmp_path, capsys,
+          "--config", "lies in --save_dir")
+    fails(pruning, ["--load_checkpoint", run / CKPT, "--method", "magnitude", "--prune_ratio", "0.5",
+                    "--save_dir", run, "--overwrite"], tmp_path, capsys, "--load_checkpoint", "lies in --save_dir")
