@@ -68,6 +68,7 @@ from bench.compare_protocol import (  # noqa: E402
     CKPT,
     DEFAULT_ABLATIONS,
     DEFAULT_METHODS,
+    LR_STEPS,
     METHODS,
     MOBILENETV2_METHODS,
     PROTOCOL_CONFIG,
@@ -115,8 +116,11 @@ class Plan:
         return (self.runs if cell.split == "test" else self.tune) / f"{cell.key}.json"
 
     # ------------------------------------------------------------------ commands of one method
-    def base(self, arch: str, seed: int, save: Path, lr: float | None) -> list[str]:
-        flags = self.common + ["--architecture", arch, "--seed", str(seed), "--save_dir", str(save)]
+    def base(self, arch: str, seed: int, save: Path, lr: float | None, iters: int) -> list[str]:
+        """Flags of one training command of ``iters`` iterations: its lr steps down ``LR_STEPS - 1`` times, at
+        the same fractions of every phase (a pre-training, an IMP round and a full run all anneal alike)."""
+        flags = self.common + ["--architecture", arch, "--seed", str(seed), "--save_dir", str(save),
+                               "--decay_lr_freq", str(max(1, iters // LR_STEPS))]
         return flags + (["--lr", str(lr)] if lr is not None else [])
 
     def pretrain_dir(self, arch: str, seed: int) -> Path:
@@ -124,7 +128,7 @@ class Plan:
 
     def pretrain_commands(self, arch: str, seed: int) -> list[list[str]]:
         save = self.pretrain_dir(arch, seed)
-        return [["baseline.py", "--dense", "--iters", str(self.P)] + self.base(arch, seed, save, None)]
+        return [["baseline.py", "--dense", "--iters", str(self.P)] + self.base(arch, seed, save, None, self.P)]
 
     def commands(self, method: str, arch: str, target: int | None, seed: int, save: Path,
                  lr: float | None) -> list[list[str]]:
@@ -202,9 +206,8 @@ class _Ctx:
     save: Path
     lr: float | None
 
-    @property
-    def base(self) -> list[str]:
-        return self.plan.base(self.arch, self.seed, self.save, self.lr)
+    def base(self, iters: int) -> list[str]:
+        return self.plan.base(self.arch, self.seed, self.save, self.lr, iters)
 
     @property
     def pretrained(self) -> str:
@@ -212,7 +215,7 @@ class _Ctx:
 
 
 def _dense(c: _Ctx) -> list[list[str]]:
-    return [["baseline.py", "--dense", "--iters", str(c.plan.T)] + c.base]
+    return [["baseline.py", "--dense", "--iters", str(c.plan.T)] + c.base(c.plan.T)]
 
 
 _ADAPMTL_EXTRA = {
@@ -228,7 +231,7 @@ def _adapmtl(method: str) -> Callable[[_Ctx], list[list[str]]]:
         s_init, wd = REFERENCE_CONTROL[c.target] if stop_rule else BUDGET_CONTROL
         iters = c.plan.T - c.plan.P if method == "adapmtl_dense_start" else c.plan.T
         cmd = ["baseline.py", "--iters", str(iters), "--ratio", c.ratio, "--sInit_value", str(s_init),
-               "--weight_decay", str(wd)] + c.base
+               "--weight_decay", str(wd)] + c.base(iters)
         if method == "adapmtl_dense_start":
             cmd += ["--reload", c.pretrained]
         if not stop_rule:
@@ -239,11 +242,11 @@ def _adapmtl(method: str) -> Callable[[_Ctx], list[list[str]]]:
 
 def _at_init(method: str) -> Callable[[_Ctx], list[list[str]]]:
     return lambda c: [["-m", "SOTA_methods.at_init", "--method", method, "--target", c.ratio, "--iters",
-                       str(c.plan.T)] + c.base]
+                       str(c.plan.T)] + c.base(c.plan.T)]
 
 
 def _disparse_dynamic(c: _Ctx) -> list[list[str]]:
-    return [["-m", "SOTA_methods.disparse", "--target", c.ratio, "--iters", str(c.plan.T)] + c.base]
+    return [["-m", "SOTA_methods.disparse", "--target", c.ratio, "--iters", str(c.plan.T)] + c.base(c.plan.T)]
 
 
 def _imp(c: _Ctx) -> list[list[str]]:
@@ -251,11 +254,11 @@ def _imp(c: _Ctx) -> list[list[str]]:
     rounds = max(1, math.ceil(math.log(1 - c.target / 100) / math.log(0.5) - 1e-9))
     per = (T - P) // rounds
     return [["-m", "SOTA_methods.imp", "--load_checkpoint", c.pretrained, "--target", c.ratio, "--per_round", "0.5",
-             "--finetune_iters", str(per), "--iters", str(T - P - per * (rounds - 1))] + c.base]
+             "--finetune_iters", str(per), "--iters", str(T - P - per * (rounds - 1))] + c.base(per)]
 
 
 def _lth(c: _Ctx) -> list[list[str]]:
-    base = c.base  # θ_0 is regenerated from the pre-training's own seed (= this seed): no --seed
+    base = c.base(c.plan.T - c.plan.P)  # θ_0 is regenerated from the pre-training's own seed (= this seed): no --seed
     i = base.index("--seed")
     return [["-m", "SOTA_methods.lth", "--load_checkpoint", c.pretrained, "--target", c.ratio, "--one_shot",
              "--iters", str(c.plan.T - c.plan.P)] + base[:i] + base[i + 2:]]
@@ -268,7 +271,7 @@ def _structured(method: str) -> Callable[[_Ctx], list[list[str]]]:
                  "--architecture", c.arch, "--num_batches", "10", "--save_dir", str(pruned), "--progress", "off",
                  "--overwrite"] + list(c.plan.ns.extra),
                 ["finetune.py", "--load_checkpoint", str(pruned / CKPT), "--iters", str(c.plan.T - c.plan.P)]
-                + c.base]
+                + c.base(c.plan.T - c.plan.P)]
     return build
 
 

@@ -13,6 +13,9 @@ CKPT = "segment_semantic_normal_depth_zbuffer.model"
 # chosen by the dense noise-floor measurements in logs/noise_floor/ (README, "Comparison").
 PROTOCOL_CONFIG = "configs/synthetic_compare.yaml"
 ARCHITECTURES = ("resnet34", "mobilenetv2")
+# Every training command steps its lr down (x --decay_lr_rate of the preset) at 1/4, 2/4 and 3/4 of its own
+# iterations, so that a full run, a pre-training and a short fine-tuning phase all end annealed alike.
+LR_STEPS = 4
 
 
 @dataclass(frozen=True)

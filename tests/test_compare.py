@@ -38,7 +38,7 @@ def test_quick_comparison_runs_tunes_reports_and_resumes(tmp_path, capsys):
     runs = root / "runs" / "resnet34"
     assert sorted(p.stem for p in runs.glob("*.json")) == ["dense_seed0", "imp_sp90_seed0"]
     # the grid: both learning rates tried on the validation split, dense included
-    tuned = sorted(p.stem for p in (root / "tuning" / "resnet34").glob("*_lr*.json"))
+    tuned = sorted(p.stem for p in (root / "tuning" / "resnet34").glob("*_lr*.json") if not p.stem.endswith(".test"))
     assert tuned == ["dense_seed0_lr0.0005", "dense_seed0_lr0.001", "imp_sp90_seed0_lr0.0005",
                      "imp_sp90_seed0_lr0.001"]
     assert json.loads((root / "tuning" / "resnet34" / "imp_sp90_seed0_lr0.001.json").read_text())["split"] == "val"
@@ -98,6 +98,10 @@ def test_equal_budget_bookkeeping(tmp_path):
                 trained = sum(iters(c) for c in cmds if "--iters" in c)
                 assert pre + trained == 1000, (method, target)
                 assert all(c[c.index("--architecture") + 1] == arch for c in cmds)
+                for c in cmds:  # every phase anneals alike: its lr steps at 1/4, 2/4, 3/4 of its own length
+                    if "--decay_lr_freq" in c:
+                        phase = int(c[c.index("--finetune_iters" if "--finetune_iters" in c else "--iters") + 1])
+                        assert int(c[c.index("--decay_lr_freq") + 1]) == phase // 4, (method, c)
     start = plan.commands("adapmtl_dense_start", "mobilenetv2", 90, 1, tmp_path / "x", None)[0]
     assert start[start.index("--reload") + 1] == str(plan.pretrain_dir("mobilenetv2", 1) / compare.CKPT)
 
