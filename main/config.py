@@ -105,7 +105,8 @@ class Config:
     # -- evaluation
     val_iters: int = _f(300, "evaluation", "validate every N iterations (and at the end)")
     metric_definitions: str = _f("parity", "evaluation", "parity (reference metrics) | standard")
-    select_by: str = _f("loss", "evaluation", "best checkpoint by: loss (mean val loss) | score (ref score)")
+    select_by: str = _f("loss", "evaluation", "best checkpoint by: loss (mean val loss) | score (ref score) | "
+                                              "metric:<task>/<metric>, e.g. metric:segment_semantic/Pixel Acc")
     val_loss_mean: str = _f("sample", "evaluation", "validation loss averaged per sample | per batch (the "
                                                     "reference's plain mean over batches)")
     best_after: int = _f(0, "evaluation", "only iterations after this can be 'best' (reference NYUv2: 16000)")
@@ -132,7 +133,8 @@ class Config:
         _one_of("--architecture", self.architecture, ARCHITECTURES)
         _one_of("--task_weighting", self.task_weighting, ("adaptive", "equal"))
         _one_of("--metric_definitions", self.metric_definitions, ("parity", "standard"))
-        _one_of("--select_by", self.select_by, ("loss", "score"))
+        if not str(self.select_by).startswith("metric:"):
+            _one_of("--select_by", self.select_by, ("loss", "score", "metric:<task>/<metric>"))
         _one_of("--val_loss_mean", self.val_loss_mean, ("sample", "batch"))
         _one_of("--weighting_dtype", self.weighting_dtype, ("float32", "float64"))
         _one_of("--progress", self.progress, ("auto", "on", "off"))

@@ -20,7 +20,8 @@ from .data import build_dataset, dataset_info, verify_dataset
 from .distributed import DistInfo
 from .models import build_model
 from .run_dir import check_run_dir
-from .trainer import Trainer, checkpoint_name
+from .tasks import metric_directions
+from .trainer import Trainer, checkpoint_name, parse_metric_selector
 
 # Flags that may change when a run is resumed; any other difference would silently break "exact resume".
 RESUMABLE_OVERRIDES = {"iters", "device", "progress", "num_workers", "val_iters", "log_every", "save_iters",
@@ -152,6 +153,8 @@ def build_trainer(cfg: Config, explicit: set[str] | None = None, dist_info: Dist
     reload_state = load_checkpoint(cfg.reload) if cfg.reload else None
     seed_everything(cfg.seed, dist_info.rank, cfg.deterministic)
     info = dataset_info(cfg)
+    if cfg.select_by.startswith("metric:"):  # a metric this run does not report: refused before any work
+        parse_metric_selector(cfg.select_by, metric_directions(info.metric_style, info.tasks))
     train_set = build_dataset(cfg, "train")
     val_set = build_dataset(cfg, "val")
     check_batch_fits(cfg, train_set, dist_info.world_size)

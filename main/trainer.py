@@ -28,7 +28,7 @@ from .checkpoint import (
     save_with_snapshots,
     set_rng_state,
 )
-from .config import Config
+from .config import Config, ConfigError
 from .data import DatasetInfo
 from .data.sampler import ResumableBatchSampler
 from .distributed import DistInfo, all_reduce_mean, barrier, gather_objects
@@ -78,6 +78,15 @@ class _StepFlags:
             self._event.synchronize()
         finite, reached = self._flags.tolist()
         return bool(finite), bool(reached)
+
+
+def parse_metric_selector(select_by: str, directions: dict[str, dict[str, int]]) -> tuple[str, str]:
+    """``metric:<task>/<metric>`` -> (task, metric), checked against the run's metrics."""
+    task, _, metric = select_by[len("metric:"):].partition("/")
+    if task not in directions or metric not in directions[task]:
+        known = ", ".join(f"metric:{t}/{m}" for t, ms in directions.items() for m in ms)
+        raise ConfigError(f"--select_by {select_by}: this run has no such metric; choose one of: {known}")
+    return task, metric
 
 
 def checkpoint_name(tasks: tuple[str, ...] | list[str], best: bool = False) -> str:
@@ -466,7 +475,11 @@ class Trainer:
         self.log.info(msg)
 
     def selection_value(self, result: dict) -> float:
-        """Higher is better: the reference test score, or minus the mean validation loss."""
+        """Higher is better: the reference test score, one validation metric (signed by its direction: S004 picks
+        by Pixel Acc), or minus the mean validation loss."""
+        if self.cfg.select_by.startswith("metric:"):
+            task, metric = parse_metric_selector(self.cfg.select_by, self.directions)
+            return self.directions[task][metric] * result["metrics"][task][metric]
         if self.cfg.select_by == "score":
             refs = NYUV2_REFERENCE_SCORES[self.cfg.architecture]
             priority = dict(zip(self.tasks, self.cfg.priority)) if self.cfg.priority else None  # as the reference
@@ -500,7 +513,7 @@ class Trainer:
                           f"| sparsity {100 * report.overall:.2f}%")
         eligible = step > self.cfg.best_after and (not self.sparse or self._sparsity_reached(report.overall, step))
         if eligible and (self.best is None or score > self.best["score"]):
-            self.best = {"score": score, "iter": step, "sparsity": report.overall}
+            self.best = {"score": score, "iter": step, "sparsity": report.overall, "select_by": self.cfg.select_by}
             if self.is_main:
                 self.save(best=True)
         return result
