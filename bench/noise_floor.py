@@ -64,7 +64,20 @@ def summarise(ns: argparse.Namespace, records: Sequence[dict]) -> dict:
     for d in DEFINITIONS:
         floor = NoiseFloor.of([metrics_of(r, d) for r in results])
         out[d] = {**asdict(floor), "metrics": [metrics_of(r, d) for r in results]}
+    out["val_loss"] = {r["seed"]: _val_loss_curve(Path(ns.out) / ns.name / f"seed{r['seed']}" / "run") for r in records}
     return out
+
+
+def _val_loss_curve(run: Path) -> dict[str, list]:
+    """The run's validation loss per task at each evaluation (TensorBoard ``Loss/val/<task>``): has it plateaued?"""
+    from bench.plots import read_scalars
+
+    try:
+        scalars = read_scalars(run)
+    except (ValueError, OSError):  # no events (--no-tensorboard) or the folder is gone
+        return {}
+    return {tag.split("/", 2)[2]: [[step, round(v, 5)] for step, v in points]
+            for tag, points in scalars.items() if tag.startswith("Loss/val/")}
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:

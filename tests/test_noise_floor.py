@@ -17,6 +17,8 @@ def test_noise_floor_trains_seeds_summarises_and_resumes(tmp_path, tiny_flags, c
     assert noise_floor.main(args) == 0
     summary = json.loads((tmp_path / "logs" / "tiny.json").read_text())
     assert summary["seeds"] == [0, 1, 2] and "--train_size 0" in summary["records"][0]["commands"][0]
+    curve = summary["val_loss"]["0"]["normal"]  # the validation loss at each evaluation: has it plateaued?
+    assert [step for step, _ in curve] == [3, 4] and all(v > 0 for _, v in curve)
     for d in ("standard", "parity"):
         floor = NoiseFloor.of(summary[d]["metrics"])
         assert summary[d]["n"] == 3 and summary[d]["values"] == pytest.approx(floor.values)
