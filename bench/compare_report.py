@@ -195,6 +195,29 @@ def significance_lines(groups: Mapping, arch: str, target: int, methods: Sequenc
     return out
 
 
+def seed_section(groups: Mapping, ns: Any, definition: str) -> list[str]:
+    """Every AdapMTL seed on its own: where its Δ_T comes from (tasks), where its sparsity went, its thresholds."""
+    md = []
+    for arch in ns.architectures:
+        for m in (x for x in METHODS if METHODS[x].kind == "adapmtl" and not METHODS[x].ablation):
+            rs = sorted(groups.get((arch, m, ns.seed_sparsity), []), key=lambda r: r.seed)
+            if len(rs) < 2:
+                continue
+            md += [f"**{arch}, {METHODS[m].label}, seed by seed** ({definition} Δ_T; sparsity %; σ(s) per component)",
+                   "", "| seed | Δ_T | Δ seg / normal / depth | Sp. bb / seg / nor / dep | overall | thresholds |",
+                   "|---|---|---|---|---|---|"]
+            for r in rs:
+                d = r.delta[definition]
+                overall = f"{d['overall']:+.2f}" if d else "–"
+                tasks = " / ".join(f"{d['tasks'][t]:+.1f}" for t in TASKS) if d else "–"
+                sp = " / ".join(f"{100 * r.result['sparsity']['components'][c]:.1f}" for c, _ in COMPONENTS)
+                taus = ", ".join(f"{k} {v:.4f}" for k, v in (r.result.get("thresholds") or {}).items())
+                md.append(f"| {r.seed} | {overall} | {tasks} | {sp} | {100 * r.result['sparsity']['overall']:.2f} "
+                          f"| {taus} |")
+            md.append("")
+    return (["## AdapMTL seed by seed", ""] + md) if md else []
+
+
 def paper_section(groups: Mapping, target: int, definition: str) -> list[str]:
     """The paper's Table 2 (NYUv2, MobileNetV2, 90 %) beside our MobileNetV2 rows."""
     ours = {"Dense": "dense", "SNIP": "snip", "LTH": "lth", "IMP": "imp", "DiSparse": "disparse_dynamic",
@@ -264,6 +287,7 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
             findings += significance_lines(groups, arch, t, ranked, definition, floor)
     if findings:
         md += ["## Findings (computed)", "", *findings, ""]
+    md += seed_section(groups, ns, definition)
     if "mobilenetv2" in ns.architectures:
         md += paper_section(groups, ns.seed_sparsity, definition)
     md += _ablations(groups, ns, definition) + _structured(groups, ns, definition)

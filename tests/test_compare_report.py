@@ -75,3 +75,5 @@ def test_report_prints_noise_floor_cis_paired_tests_and_the_ceiling_check(tmp_pa
     assert "beat(s) the dense mean by more than twice the noise floor" in md and "IMP (+" in md
     ci = t_interval(list(adap_d.values()))
     assert f"| {ci} |" in md  # the AdapMTL row's Δ_T ± 95 % CI
+    assert "**resnet34, AdapMTL (stop rule), seed by seed**" in md  # each AdapMTL seed on its own
+    assert f"| 4 | {adap_d[4]:+.2f} |" in md
