@@ -82,8 +82,9 @@ def build_test_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--batch_size", type=int, help="evaluation batch size (default: the training one)")
     p.add_argument("--data_root", help="dataset folder, if it moved since training")
-    p.add_argument("--metric_definitions", help="parity | standard (default: the training one)")
-    p.add_argument("--progress", default="auto", help="auto | on | off (default: auto)")
+    p.add_argument("--metric_definitions", choices=("parity", "standard"),
+                   help="parity | standard (default: the training one)")
+    p.add_argument("--progress", default="auto", choices=("auto", "on", "off"), help="auto | on | off (default: auto)")
     p.add_argument("--label", help="name of this model in the table (default: the checkpoint's folder)")
     return p
 

@@ -281,3 +281,10 @@ def test_overwrite_never_deletes_an_input_of_the_command(trained, tmp_path, caps
           "--config", "lies in --save_dir")
     fails(pruning, ["--load_checkpoint", run / CKPT, "--method", "magnitude", "--prune_ratio", "0.5",
                     "--save_dir", run, "--overwrite"], tmp_path, capsys, "--load_checkpoint", "lies in --save_dir")
+
+
+def test_test_py_choice_values_are_refused_up_front(trained, tmp_path, capsys):
+    fails(test_script, ["--path", trained / CKPT, "--progress", "bogus"], tmp_path, capsys, "--progress")
+    fails(test_script, ["--path", trained / CKPT, "--metric_definitions", "textbook"], tmp_path, capsys,
+          "--metric_definitions")
+    fails(test_script, ["--path", trained / CKPT, "--device", "meta"], tmp_path, capsys, "--device")
