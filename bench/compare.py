@@ -615,6 +615,18 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return ns
 
 
+def held_out_lrs(ns: argparse.Namespace) -> dict[tuple[str, str], float | None]:
+    """Another data seed is held out: nothing is tuned on it; every method keeps the learning rate the grid chose
+    on data seed 0 (read from that comparison's tuning runs, which must have finished)."""
+    seed0 = Runner(Plan(argparse.Namespace(**{**vars(ns), "data_seed": 0})), say=lambda _: None)
+    lrs = seed0.tune(train=False)
+    missing = [f"{a}/{m}" for a in ns.architectures for m in seed0.plan.methods(a) if (a, m) not in lrs]
+    if missing and len(ns.grid_lr) > 1:
+        raise UserError(f"--data_seed {ns.data_seed} reuses the learning rates tuned on data seed 0, which has no "
+                        f"finished grid for {', '.join(missing[:3])}; run the data-seed-0 comparison first")
+    return lrs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from bench.compare_report import write_report
 
@@ -625,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not ns.report_only:
         if runner.jobs > 1:
             print(f"[compare] {runner.jobs} cells at a time, {runner.threads} CPU thread(s) each", flush=True)
-        lrs = runner.tune()
+        lrs = runner.tune() if ns.data_seed == 0 else held_out_lrs(ns)
         cells = plan.cells(lrs)
         runner.drop_stale(cells)  # results of other commands leave the tables now, not only when re-run
         todo = [c for c in cells if not plan.json_path(c).is_file()]
@@ -634,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.parallel([functools.partial(runner.run_cell, c) for c in cells],
                         after_each=lambda: write_report(plan, lrs, time.time() - start))  # the report grows
     else:  # the grid's choice from the finished tuning runs; results of other commands leave the tables
-        lrs = runner.tune(train=False)
+        lrs = runner.tune(train=False) if ns.data_seed == 0 else held_out_lrs(ns)
         runner.drop_stale([c for c in plan.cells(lrs) if (c.arch, c.method) in lrs])
     path = write_report(plan, lrs, time.time() - start)
     print(f"[compare] report: {path}")

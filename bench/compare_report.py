@@ -271,7 +271,9 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
           f"- Learning-rate grid (validation split, seed 0, {ns.ablation_sparsity}%), dense included: "
           f"{{{', '.join(f'{x:g}' for x in ns.grid_lr)}}}"
           + ("" if not lrs else "; chosen: " + ", ".join(f"{a}/{m} {v:g}" for (a, m), v in sorted(lrs.items())
-                                                          if v is not None and not METHODS[m].ablation)), ""]
+                                                          if v is not None and not METHODS[m].ablation))
+          + ("" if ns.data_seed == 0 else f". Data seed {ns.data_seed} is held out: nothing was tuned on it, every "
+             "method uses the learning rate chosen on data seed 0"), ""]
     md += noise_section(runs, ns.architectures, definition)
     findings: list[str] = []
     for arch in ns.architectures:

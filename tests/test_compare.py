@@ -253,6 +253,22 @@ def test_the_chosen_tuning_run_is_the_seed0_cell_even_after_its_folder_is_gone(t
         (root / "tuning" / "resnet34" / "snip_sp90_seed0_lr0.0005.test.json").read_text())
 
 
+def test_another_data_seed_is_held_out_with_the_learning_rates_of_data_seed_0(tmp_path, monkeypatch):
+    trained, lr_of = _fakes(monkeypatch, tmp_path, lambda lr, cmd: ({"0.0005": 2.0, "0.001": 1.0}[lr],
+                                                                     0.0 if "--dense" in cmd else 0.9))
+    args = [*R34, "--methods", "snip", "--seeds", "1", "--grid_lr", "1e-3", "5e-4", "--out", str(tmp_path / "o"),
+            "--logs", str(tmp_path / "logs")]
+    with pytest.raises(UserError, match="run the data-seed-0 comparison first"):
+        compare.main([*args, "--data_seed", "2"])
+    assert compare.main(args) == 0
+    trained.clear()
+    assert compare.main([*args, "--data_seed", "2"]) == 0
+    # no tuning run on data seed 2: one dense and one snip cell, at the lrs chosen on data seed 0
+    assert sorted(lr_of[s][0] for s in trained) == ["0.0005", "0.0005"] and len(trained) == 2
+    assert all(lr_of[s][1][lr_of[s][1].index("--data_seed") + 1] == "2" for s in trained)
+    assert not (tmp_path / "logs" / "comparison_data_seed2" / "tuning").exists()
+
+
 def test_tuning_prefers_a_learning_rate_that_reaches_the_target_and_tunes_dense_on_its_own_mean(tmp_path,
                                                                                              monkeypatch):
     """A run that stops short of the target sparsity does not win the grid on Δ_T (it is less sparse); dense
