@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 CKPT = "segment_semantic_normal_depth_zbuffer.model"
 # The benchmark protocol (crop, an unbounded stream of fresh training scenes, a large test split, the lr schedule):
-# chosen by the dense noise-floor measurements in logs/noise_floor/ (README, "Comparison").
+# chosen by the dense noise-floor measurements in logs/noise_floor/ (docs/comparison.md).
 PROTOCOL_CONFIG = "configs/synthetic_compare.yaml"
 ARCHITECTURES = ("resnet34", "mobilenetv2")
 # Every training command steps its lr down (x --decay_lr_rate of the preset) at 1/4, 2/4 and 3/4 of its own
@@ -65,7 +65,7 @@ MOBILENETV2_METHODS = ("dense", "adapmtl", "snip", "disparse_static", "disparse_
 ADAPMTL_ROWS = ("adapmtl", "adapmtl_budget")
 
 # Stop rule (the reference's control): sInit / coupled weight decay per target.  The reference controls sparsity
-# this way (reference-adapmtl.md §3.4); 90 % was set on the protocol's budget (logs/noise_floor/README), the other
+# this way (reference-adapmtl.md §3.4); 90 % was set on the protocol's budget (docs/comparison.md), the other
 # targets follow the monotone sparsity-vs-weight-decay relation and were not swept.
 REFERENCE_CONTROL = {50: (-6.0, 5e-4), 70: (-6.0, 1.5e-3), 90: (-6.0, 5e-3), 95: (-6.0, 8e-3)}
 BUDGET_CONTROL = (-6.0, 4e-3)  # one setting for every target: the preset
