@@ -65,9 +65,11 @@ MOBILENETV2_METHODS = ("dense", "adapmtl", "snip", "disparse_static", "disparse_
 ADAPMTL_ROWS = ("adapmtl", "adapmtl_budget")
 
 # Stop rule (the reference's control): sInit / coupled weight decay per target.  The reference controls sparsity
-# this way (reference-adapmtl.md §3.4); 90 % was set on the protocol's budget (docs/comparison.md), the other
-# targets follow the monotone sparsity-vs-weight-decay relation and were not swept.
-REFERENCE_CONTROL = {50: (-6.0, 5e-4), 70: (-6.0, 1.5e-3), 90: (-6.0, 5e-3), 95: (-6.0, 8e-3)}
+# this way (reference-adapmtl.md §3.4).  Under this protocol (annealed lr, 1,200 iterations) the first protocol's
+# 90 % setting (wd 5e-3) ended at 87.3 % (lr 1e-3) and 75.9 % (lr 5e-4) in the grid's tuning runs: the weight decay
+# shrinks weights in proportion to lr x wd, and the lr now falls early.  So every weight decay is doubled; only 90 %
+# runs by default, the other targets follow the same monotone relation and were not swept.
+REFERENCE_CONTROL = {50: (-6.0, 1e-3), 70: (-6.0, 3e-3), 90: (-6.0, 1e-2), 95: (-6.0, 1.6e-2)}
 BUDGET_CONTROL = (-6.0, 4e-3)  # one setting for every target: the preset
 TUNING_SHORTFALL = 0.01  # a tuning run counts as at its target when its overall sparsity is at most 1 pp below
 
