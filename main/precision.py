@@ -16,7 +16,7 @@ autocast's lower-precision list).  What stays fp32, and why:
 fp16 needs loss scaling (its gradients underflow): ``grad_scaler`` returns a ``torch.amp.GradScaler`` for it, on
 CUDA and on CPU alike.  bf16 has fp32's exponent range and needs none.  fp16 on CPU works (torch's CPU autocast
 and GradScaler support it) but most CPUs have no fp16 convolution kernels: on the 2-core AVX512-BF16 machine of
-the measurements in docs/performance.md a 3×3 conv ran ~15× slower in fp16 than in fp32 and ~2× faster in bf16, so use bf16 on CPU.
+docs/performance.md a 3×3 conv ran ~15× slower in fp16 than in fp32 and ~2× faster in bf16, so use bf16 on CPU.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ amount ``clip(gain x error + integral_gain x sum of errors, ±max_step)`` after 
   error is 0: the thresholds follow AdapMTL's own dynamics (task gradients and weight decay), and the controller
   only pulls them down when the run would overshoot and pushes them up when it falls behind the schedule.
 - ``--budget_mode track``: the error is taken against a cubic ramp to ``--ratio`` (both sides, every step).  It
-  lands as exactly but, measured on the synthetic benchmark, its early threshold pushes cost accuracy (docs/comparison_v1.md).
+  lands as exactly but, measured on the synthetic benchmark, its early threshold pushes cost accuracy
+  (docs/comparison_v1.md).
 
 The integral term cancels the steady drift at the ceiling (weight decay keeps shrinking weights below the
 thresholds, which a purely proportional controller would leave as a constant offset above the target); it only
