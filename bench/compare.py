@@ -77,6 +77,7 @@ from bench.compare_protocol import (  # noqa: E402
     TUNING_SHORTFALL,
 )
 from bench.comparison_stats import delta, mean_table, metrics_of  # noqa: E402
+from main.config import load_yaml  # noqa: E402
 from main.errors import UserError, cli_main  # noqa: E402
 
 
@@ -285,6 +286,12 @@ _BUILDERS: dict[str, Callable[[_Ctx], list[list[str]]]] = {
 
 
 # ---------------------------------------------------------------------------------------------------- running
+def protocol_hash(path: Path) -> str:
+    """A short hash of the preset's settings (parsed YAML, sorted), not of its bytes."""
+    settings = json.dumps(load_yaml(str(path)), sort_keys=True, default=str)
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
 def run_commands(commands: Sequence[Sequence[str]], log: Path, threads: int | None = None) -> float:
     """Run each command with this interpreter from the repository root; output appended to ``log``.
 
@@ -329,9 +336,9 @@ class Runner:
         self.book_path = plan.root / "cells.json"
         self.book: dict = json.loads(self.book_path.read_text()) if self.book_path.is_file() else {}
         self.jobs, self.threads = job_layout(plan.ns)
-        # the protocol preset is not on the command line: its content is recorded, and a cell run with another
-        # content counts as another training
-        self.protocol = hashlib.sha256((ROOT / PROTOCOL_CONFIG).read_bytes()).hexdigest()[:16]
+        # the protocol preset is not on the command line: its settings are recorded (hashed as parsed, so an edited
+        # comment changes nothing), and a cell run with other settings counts as another training
+        self.protocol = protocol_hash(ROOT / PROTOCOL_CONFIG)
         self._lock = threading.Lock()  # the book, when cells run side by side
         self._pretrain_lock = threading.Lock()  # a shared pre-training is trained once
 

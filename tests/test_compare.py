@@ -226,6 +226,8 @@ def test_a_changed_protocol_preset_retrains_every_cell(tmp_path, monkeypatch):
     assert len(trained) == 3  # dense, the shared pre-training, lth
     trained.clear()
     assert compare.main(args) == 0 and trained == []
+    preset.write_text("# a comment changes no setting\ncrop_size: 48\n")
+    assert compare.main(args) == 0 and trained == []
     preset.write_text("crop_size: 64\n")
     assert compare.main(args) == 0
     assert len(trained) == 3  # all again, the pre-training included
