@@ -524,7 +524,8 @@ class Runner:
         ns = self.plan.ns
         cells = self.tuning_cells(arch, method)
         paths = [self.plan.json_path(c) for c in cells]
-        if not all(p.is_file() for p in paths):
+        current = [c.key in self.book and self.same_training(self.book[c.key], c.key, c) for c in cells]
+        if not all(p.is_file() for p in paths) or not all(current):  # missing, or run with other commands
             return None
         results = [json.loads(p.read_text()) for p in paths]
         tables = [metrics_of(r, ns.definition) for r in results]
