@@ -29,13 +29,21 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert a["best"] == b["best"]
 
 
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def train_uninterrupted(flags: list[str], save_dir) -> None:
+    """The reference run an interrupted-and-resumed one must equal (one thread: the same rounding every time)."""
+    subprocess.run([sys.executable, "baseline.py", *flags, "--save_dir", str(save_dir)], cwd=ROOT, env=ONE_THREAD,
+                   check=True, capture_output=True, timeout=300)
+
+
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_flags):
     flags = tiny_flags + ["--iters", "60", "--save_iters", "5", "--val_iters", "20", "--deterministic",
                           "--no-tensorboard"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = ONE_THREAD
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run([sys.executable, "baseline.py", *flags, "--save_dir", str(full)], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=300)
+    train_uninterrupted(flags, full)
     proc = subprocess.Popen([sys.executable, "baseline.py", *flags, "--save_dir", str(killed)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     snaps = killed / "checkpoints"
@@ -120,10 +128,9 @@ def test_sigterm_and_sigint_finish_the_step_save_and_resume_exactly(tmp_path, ti
     past the end), one line naming --resume, and exit 128 + signal; the resumed run equals an uninterrupted one."""
     flags = tiny_flags + ["--iters", "60", "--save_iters", "1000", "--val_iters", "1000", "--deterministic",
                           "--no-tensorboard"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = ONE_THREAD
     full, stopped = tmp_path / "full", tmp_path / "stopped"
-    subprocess.run([sys.executable, "baseline.py", *flags, "--save_dir", str(full)], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=300)
+    train_uninterrupted(flags, full)
     proc = subprocess.Popen([sys.executable, "baseline.py", *flags, "--save_dir", str(stopped)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log = stopped / "train.log"
