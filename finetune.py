@@ -11,36 +11,8 @@ after every optimiser step.  Filters removed by structured pruning (taylor / cos
 BatchNorm gamma and beta at zero (``ChannelMasks``), on a fresh start and on --resume alike.
 """
 
-from __future__ import annotations
-
-from args import parse_finetune_args
-from main.distributed import cleanup, init_distributed
+from main.cli.finetune import main
 from main.errors import cli_main
-from main.runner import build_masked_trainer, build_trainer
-from SOTA_methods.structured import ChannelMasks
-
-
-def main(argv: list[str] | None = None) -> int:
-    cfg, ckpt = parse_finetune_args(argv)
-    explicit = getattr(cfg, "explicit", set())
-    dist_info, device = init_distributed(cfg.device)
-    try:
-        if cfg.resume:  # the checkpoint in --save_dir carries the masks
-            state = None
-            trainer = build_trainer(cfg, explicit, dist_info, device)
-        else:
-            trainer, state = build_masked_trainer(ckpt, cfg, explicit, dist_info, device)
-        if trainer.masks is not None:  # structurally pruned filters: keep their BatchNorm gamma and beta at zero
-            ChannelMasks.from_checkpoint(trainer.model, state, trainer.masks).attach(trainer)
-        trainer.train()
-        if trainer.is_main:
-            report = trainer.sparsity_report()
-            trainer.log.info(f"done: {trainer.iteration} iterations, overall sparsity {100 * report.overall:.2f}% "
-                             f"(masks enforced), checkpoint {trainer.save_dir}")
-    finally:
-        cleanup(dist_info)
-    return 0
-
 
 if __name__ == "__main__":
     cli_main(main)

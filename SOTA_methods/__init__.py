@@ -1,1 +1,2 @@
-"""Pruning baselines on one engine (``engine.py``): criteria in small files, schedules that train in others."""
+"""Pruning baselines on one engine (``engine.py``), each declared once in the method registry (``registry.py``;
+``catalog.py`` loads them all): criteria in small files, schedules that train in others."""

@@ -16,7 +16,7 @@ at exactly those weights (not on a re-initialised copy, DiSparse bug §8.5):
   κ found by bisection so that the union lands on ``--target`` (replaces the hand-tuned κ tables);
 - ``random``: uniform random scores, one global ranking.
 The scoring batches are the first batches of the run's own data order; their forward passes leave BatchNorm
-statistics and the RNG untouched (``runs.side_effect_free``), so the masked run differs from the dense run with
+statistics and the RNG untouched (``stages.side_effect_free``), so the masked run differs from the dense run with
 the same flags only by the mask.  Then one ordinary training run with the mask enforced after every step.
 
 Under ``torchrun`` the model is rank 0's seeded initialisation (DDP broadcasts it), each rank scores its own
@@ -27,123 +27,116 @@ selection, so all ranks install the same mask; ``random`` draws from a generator
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
 
-from main.config import Config, ConfigError
+from main.config import Config, ConfigError, Provenance
 from main.data import dataset_info
 from main.distributed import DistInfo
 from main.errors import cli_main
 from main.masks import MaskSet
-from main.runner import build_trainer
 from main.trainer import Trainer
+from main.trainer_setup import build_trainer
 
-from .engine import (
-    check_same_on_all_ranks,
-    connection_sensitivity,
-    install,
-    mean_over_ranks,
-    random_scores,
-    select_disparse,
-    select_global,
-    task_gradients,
-)
-from .prune_run import score_batches
-from .runs import (
-    add_target,
-    finish,
-    hard_mask_config,
-    method_parser,
-    read_method,
-    run_command,
-    side_effect_free,
-    write_method,
-)
+from .commands import add_target, method_parser, run_command
+from .engine import check_same_on_all_ranks
+from .oneshot import disparse_static_step, random_step, snip_step
+from .registry import Method, OptionGroup, PruneInputs, choose, methods, names, register
+from .stages import finish, hard_mask_config, read_method, score_batches, side_effect_free, write_method
 
-METHODS = ("snip", "disparse_static", "random")
+COMMAND = "SOTA_methods.at_init"
+# Scoring batches when --num_batches is not given: SNIP's one batch, the DiSparse reference's 50.
 DEFAULT_BATCHES = {"snip": 1, "disparse_static": 50, "random": 0}
-OPTIONS = ("method", "target", "num_batches")
 
 
-def build_at_init_parser() -> argparse.ArgumentParser:
-    parser, g = method_parser("Prune a fresh initialisation (SNIP / DiSparse-static / random), then train it.")
-    g.add_argument("--method", default=None, help="snip | disparse_static | random")
-    add_target(g)
-    g.add_argument("--num_batches", type=int, default=None,
-                   help="training batches the scores are summed over (default: snip 1, disparse_static 50)")
-    return parser
+def at_init_methods() -> list[Method]:
+    """The methods this command trains (registered below)."""
+    return methods(lambda m: m.command == COMMAND)
 
 
-def run_at_init(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
+def add_at_init_options(group: OptionGroup) -> None:
+    """The command's options, the same for each of its methods."""
+    group.add_argument("--method", default=None, help=names(at_init_methods()))
+    add_target(group)
+    group.add_argument("--num_batches", type=int, default=None,
+                       help="training batches the scores are summed over (default: snip 1, disparse_static 50)")
+
+
+def run_at_init(cfg: Config, given: Provenance, opts: dict, dist_info: DistInfo | None = None,
                 device: torch.device | None = None) -> dict:
     """Score and mask the fresh model, train it for ``--iters``; returns the ``masks.json`` summary.
 
     ``dist_info`` / ``device`` come from ``init_distributed`` (torchrun); default: one process.
     """
     dist_info = dist_info or DistInfo()
-    explicit = getattr(cfg, "explicit", set())
     if cfg.resume:  # the checkpoint carries the masks; nothing to score again
         pruning = read_method(cfg.save_dir)
-        trainer = build_trainer(cfg, explicit, dist_info, device)
+        trainer = build_trainer(cfg, given, dist_info, device)
         trainer.train()
         return finish(trainer, pruning)
-    method = opts["method"]
-    if method not in METHODS:
-        raise ConfigError(f"--method {method!r} is not known; choose one of: {', '.join(METHODS)}")
+    method = choose(opts["method"], at_init_methods())
     if opts["target"] is None:
         raise ConfigError("--target is required, e.g. --target 0.9")
     cfg = hard_mask_config(cfg)
-    n_batches = opts["num_batches"] if opts["num_batches"] is not None else DEFAULT_BATCHES[method]
-    if n_batches <= 0 and method != "random":
-        raise ConfigError(f"--num_batches must be a positive integer for {method}, got {n_batches}")
-    trainer = build_trainer(cfg, explicit, dist_info, device)
-    pruning = {"method": method, "target": opts["target"], "num_batches": n_batches, "seed": cfg.seed}
+    n_batches = opts["num_batches"] if opts["num_batches"] is not None else DEFAULT_BATCHES[method.name]
+    if n_batches <= 0 and method.needs_batches:
+        raise ConfigError(f"--num_batches must be a positive integer for {method.name}, got {n_batches}")
+    trainer = build_trainer(cfg, given, dist_info, device)
+    pruning = {"method": method.name, "target": opts["target"], "num_batches": n_batches, "seed": cfg.seed}
     if dist_info.enabled:
         pruning["world_size"] = dist_info.world_size  # the scores saw n_batches x world_size slices
     write_method(trainer.save_dir, pruning, dist_info)
     info = dataset_info(cfg)
     masks = MaskSet(trainer.model)
-    keep = score_and_select(method, trainer, masks, opts["target"], n_batches, info.tasks)
-    install(masks, keep)
-    check_same_on_all_ranks(masks.masks, dist_info, f"{method} at init")
+    prune_at_init(method, trainer, masks, opts["target"], n_batches, info.tasks)
+    check_same_on_all_ranks(masks.masks, dist_info, f"{method.name} at init")
     trainer.set_masks(masks)
-    trainer.log.info(f"{method} at init: {100 * masks.sparsity():.2f}% of the prunable weights pruned "
+    trainer.log.info(f"{method.name} at init: {100 * masks.sparsity():.2f}% of the prunable weights pruned "
                      f"({n_batches} scoring batches); training {cfg.iters} iterations with the mask fixed")
     trainer.train()
     return finish(trainer, pruning)
 
 
-def score_and_select(method: str, trainer: Trainer, masks: MaskSet, target: float, n_batches: int,
-                     tasks: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Keep masks of ``method`` at the trainer's current (fresh) weights, identical on every DDP rank.
+def prune_at_init(method: Method, trainer: Trainer, masks: MaskSet, target: float, n_batches: int,
+                  tasks: Sequence[str]) -> None:
+    """Apply ``method``'s one-shot step to the trainer's current (fresh) weights, identically on every DDP rank.
 
     The scoring passes run on ``trainer.model``, never on the DDP wrapper ``trainer.net`` (its reducer expects
     one backward per wrapped forward, inside the training step), and leave BN statistics and the RNG untouched.
-    Scores are sums over this rank's batches, then averaged over the ranks: the rankings are those of one
-    process summing over every rank's batches.
+    The steps sum scores over this rank's batches, then average them over the ranks: the rankings are those of one
+    process summing over every rank's batches.  SNIP weights the task losses by λ = ``--priority`` (default 1).
     """
-    cfg, dist_info = trainer.cfg, trainer.dist
-    if method == "random":  # the same generator, seeded by --seed alone, on every rank
-        return select_global(random_scores(masks, cfg.seed), masks, target)
+    cfg = trainer.cfg
+    lam = dict(zip(tasks, cfg.priority)) if cfg.priority else None
+    inputs = PruneInputs(cfg, trainer.model, masks, target, [], tuple(tasks), trainer.device,
+                         class_weights=trainer.class_weights, dist=trainer.dist, loss_weights=lam)
+    if not method.needs_batches:
+        method.prune(inputs)
+        return
     with side_effect_free(trainer.model):
-        batches = score_batches(cfg, n_batches, dist_info.rank, dist_info.world_size)
-        if method == "snip":
-            lam = dict(zip(tasks, cfg.priority)) if cfg.priority else None
-            scores = task_gradients(trainer.model, masks, batches, tasks, trainer.device, per_task=False,
-                                    class_weights=trainer.class_weights, statistic=connection_sensitivity,
-                                    weights=lam)["total"]
-            return select_global(mean_over_ranks(scores, dist_info), masks, target)
-        per_task = task_gradients(trainer.model, masks, batches, tasks, trainer.device, per_task=True,
-                                  class_weights=trainer.class_weights, statistic=connection_sensitivity)
-        flat = mean_over_ranks({(t, n): s for t, scores in per_task.items() for n, s in scores.items()}, dist_info)
-        per_task = {t: {n: flat[(t, n)] for n in scores} for t, scores in per_task.items()}
-        return select_disparse(per_task, masks, target)
+        inputs.batches = score_batches(cfg, n_batches, trainer.dist.rank, trainer.dist.world_size)
+        method.prune(inputs)
+
+
+SNIP = register(Method(
+    name="snip", kind="at-init", label="SNIP", run=run_at_init, command=COMMAND,
+    about="|w·g| of the total loss at initialisation (Lee et al., 2019), one global ranking",
+    prune=snip_step, needs_batches=True))
+DISPARSE_STATIC = register(Method(
+    name="disparse_static", kind="at-init", label="DiSparse-static", run=run_at_init, command=COMMAND,
+    about="per-task |w·g_t| at initialisation (Sun et al., 2022), a shared weight kept if any task keeps it",
+    prune=disparse_static_step, needs_batches=True))
+RANDOM = register(Method(
+    name="random", kind="at-init", label="Random (static)", run=run_at_init, command=COMMAND,
+    about="uniformly random scores, one global ranking", prune=random_step))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(build_at_init_parser(), argv, OPTIONS, run_at_init, lambda summary: summary["pruning"]["method"])
+    labels = " / ".join(m.label for m in at_init_methods())
+    parser, group = method_parser(f"Prune a fresh initialisation ({labels}), then train it.", at_init_methods(),
+                                  add_at_init_options)
+    return run_command(parser, argv, group, run_at_init, lambda summary: summary["pruning"]["method"])
 
 
 if __name__ == "__main__":

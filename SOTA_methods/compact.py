@@ -21,15 +21,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from main.channel_masks import ChannelMasks, FilterUnit
 from main.checkpoint import CHECKPOINT_VERSION, CheckpointError, atomic_save, load_checkpoint
 from main.masks import MaskSet
 from main.models import MultiTaskModel, build_model
 from main.sparse import SoftThresholdConv2d
 
-from .structured import FLOPS_UNIT, ChannelMasks, FilterUnit
-
-
 # ------------------------------------------------------------------------------------------------ counting
+FLOPS_UNIT = ("FLOPs of one forward pass at input_shape, as torch.utils.flop_counter counts them: 2 x multiply-"
+              "accumulates of every convolution / matmul; BatchNorm, activations, pooling and the soft threshold "
+              "are not counted")
+
+
 def count_params(model: nn.Module) -> int:
     """Parameters a deployed model stores: every tensor in ``parameters()`` except the AdapMTL thresholds."""
     return sum(p.numel() for n, p in model.named_parameters() if not n.startswith("thresholds."))
@@ -135,6 +138,13 @@ def compact_model(model: MultiTaskModel, channels: ChannelMasks) -> MultiTaskMod
 def task_channels_of(model: MultiTaskModel) -> dict[str, int]:
     """Output channels of each ASPP head (its first branch's classifier)."""
     return {t: int(head.fc1.conv3.out_channels) for t, head in model.heads.items()}
+
+
+def cost(model: MultiTaskModel, channels: ChannelMasks, input_shape: Sequence[int]) -> dict[str, int]:
+    """Parameters (all, and backbone) and FLOPs of the physically compacted network."""
+    small = compact_model(model, channels)
+    return {"params": count_params(small), "backbone_params": count_params(small.backbone),
+            "flops": count_flops(small, input_shape)}
 
 
 def compact_state(small: MultiTaskModel, channels: ChannelMasks, architecture: str, width_mult: float,

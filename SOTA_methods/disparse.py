@@ -38,36 +38,32 @@ every rank grows the same weights; the t = 0 update scores each rank's slice of 
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from main.config import Config, ConfigError
+from main.config import Config, ConfigError, Provenance
+from main.data.batch import to_device
 from main.distributed import DistInfo
 from main.errors import cli_main
 from main.masks import MaskSet
 from main.models import BACKBONE
-from main.runner import build_trainer
 from main.trainer import Trainer
-from main.validation import to_device
+from main.trainer_setup import build_trainer
 
-from .engine import check_same_on_all_ranks, magnitude_scores, mean_over_ranks, task_gradients, top_k_mask
-from .prune_run import score_batches
-from .runs import (
-    add_target,
-    finish,
-    hard_mask_config,
-    method_parser,
-    read_method,
-    run_command,
-    side_effect_free,
-    write_method,
+from .commands import add_target, method_main
+from .engine import (
+    check_same_on_all_ranks,
+    magnitude_scores,
+    mean_over_ranks_per_task,
+    task_gradients,
+    top_k_mask,
 )
+from .registry import Method, OptionGroup, register
+from .stages import finish, hard_mask_config, read_method, score_batches, side_effect_free, write_method
 
-OPTIONS = ("target", "delta_t", "end", "prune_rate", "erk_power", "grow_splits")
 REFERENCE = {"delta_t": 50, "end": 15000, "iters": 20000}  # NYUv2 / Cityscapes config_*.py (Taskonomy 250/75k/100k)
 
 
@@ -204,12 +200,6 @@ def clear_changed_state(optimizer: torch.optim.Optimizer, masks: MaskSet, before
     return changed_total
 
 
-def ranks_mean_per_task(scores: Mapping[str, Mapping[str, Tensor]], dist_info: DistInfo) -> dict[str, dict]:
-    """``{task: {weight: score}}`` averaged over the DDP ranks in one collective (identity in one process)."""
-    flat = mean_over_ranks({(t, n): s for t, per in scores.items() for n, s in per.items()}, dist_info)
-    return {t: {n: flat[(t, n)] for n in per} for t, per in scores.items()}
-
-
 class DynamicSchedule:
     """The DiSparse-dynamic mask updates, run as a ``Trainer`` step hook (see the module docstring)."""
 
@@ -236,7 +226,7 @@ class DynamicSchedule:
         with side_effect_free(model):  # the unwrapped model: DDP's reducer only sees the training step's backward
             scores = task_gradients(model, masks, split_batch(batch, self.grow_splits), self.tasks, trainer.device,
                                     per_task=True, class_weights=trainer.class_weights, statistic=abs_grad)
-        scores = ranks_mean_per_task(scores, trainer.dist)
+        scores = mean_over_ranks_per_task(scores, trainer.dist)
         with torch.no_grad():
             for name, grown in grow(masks, self.counts, scores).items():
                 masks.masks[name] = masks.masks[name] | grown
@@ -274,17 +264,16 @@ class DynamicSchedule:
 
 
 # ------------------------------------------------------------------------------------------------ command
-def build_disparse_parser() -> argparse.ArgumentParser:
-    parser, g = method_parser("DiSparse dynamic: ERK random init, periodic magnitude drop + per-task regrowth.")
-    add_target(g)
-    g.add_argument("--delta_t", type=int, default=None,
-                   help="iterations between mask updates (default: --iters × 50/20000, at least 1)")
-    g.add_argument("--end", type=int, default=None,
-                   help="iteration at which the mask is fixed (default: --iters × 15000/20000)")
-    g.add_argument("--prune_rate", type=float, default=0.5, help="initial drop fraction r(0) (default 0.5)")
-    g.add_argument("--erk_power", type=float, default=0.9, help="ERK exponent (reference googleAI_ERK: 0.9)")
-    g.add_argument("--grow_splits", type=int, default=2, help="micro-batches of the regrowth gradient (default 2)")
-    return parser
+def add_disparse_args(group: OptionGroup) -> None:
+    add_target(group)
+    group.add_argument("--delta_t", type=int, default=None,
+                       help="iterations between mask updates (default: --iters × 50/20000, at least 1)")
+    group.add_argument("--end", type=int, default=None,
+                       help="iteration at which the mask is fixed (default: --iters × 15000/20000)")
+    group.add_argument("--prune_rate", type=float, default=0.5, help="initial drop fraction r(0) (default 0.5)")
+    group.add_argument("--erk_power", type=float, default=0.9, help="ERK exponent (reference googleAI_ERK: 0.9)")
+    group.add_argument("--grow_splits", type=int, default=2,
+                       help="micro-batches of the regrowth gradient (default 2)")
 
 
 def schedule_options(cfg: Config, opts: dict) -> dict:
@@ -303,26 +292,25 @@ def schedule_options(cfg: Config, opts: dict) -> dict:
     return sched
 
 
-def run_disparse(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
+def run_disparse(cfg: Config, given: Provenance, opts: dict, dist_info: DistInfo | None = None,
                  device: torch.device | None = None) -> dict:
     """Train with dynamic masks (or continue such a run); returns the ``masks.json`` summary.
 
     ``dist_info`` / ``device`` come from ``init_distributed`` (torchrun); default: one process.
     """
     dist_info = dist_info or DistInfo()
-    explicit = getattr(cfg, "explicit", set())
     if cfg.resume:
         sched = read_method(cfg.save_dir)
         if sched.get("method") != "disparse_dynamic":
             raise ConfigError(f"--resume: {cfg.save_dir} holds a {sched.get('method')} run, not DiSparse dynamic")
-        trainer = build_trainer(cfg, explicit, dist_info, device)
+        trainer = build_trainer(cfg, given, dist_info, device)
         counts = layer_budgets(trainer.masks, sched["target"], sched["erk_power"])
         schedule = DynamicSchedule(counts, trainer.tasks, sched["delta_t"], sched["end"], sched["prune_rate"],
                                    sched["grow_splits"])
     else:
         cfg = hard_mask_config(cfg)
         sched = schedule_options(cfg, opts)
-        trainer = build_trainer(cfg, explicit, dist_info, device)
+        trainer = build_trainer(cfg, given, dist_info, device)
         write_method(trainer.save_dir, sched, dist_info)
         masks = MaskSet(trainer.model)
         counts = layer_budgets(masks, sched["target"], sched["erk_power"])
@@ -341,8 +329,14 @@ def run_disparse(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
     return finish(trainer, pruning, {"updates": schedule.history})
 
 
+DISPARSE_DYNAMIC = register(Method(
+    name="disparse_dynamic", kind="during-training", label="DiSparse-dynamic", run=run_disparse,
+    command="SOTA_methods.disparse", add_args=add_disparse_args,
+    about="DiSparse dynamic: ERK random init, periodic magnitude drop + per-task regrowth."))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(build_disparse_parser(), argv, OPTIONS, run_disparse, "disparse_dynamic")
+    return method_main(DISPARSE_DYNAMIC, argv)
 
 
 if __name__ == "__main__":

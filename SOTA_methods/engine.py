@@ -16,11 +16,11 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from main.data.batch import to_device
 from main.distributed import DistInfo, all_reduce_mean, gather_objects
 from main.masks import MaskSet
 from main.models import BACKBONE, MultiTaskModel
 from main.tasks import task_loss
-from main.validation import to_device
 
 Scores = dict[str, Tensor]
 K = TypeVar("K")
@@ -138,6 +138,36 @@ def select_per_layer(scores: Scores, masks: MaskSet, density: Mapping[str, float
     return out
 
 
+SCOPES = ("global", "component", "layer")
+
+
+def magnitude_keep(masks: MaskSet, sparsity: float, scope: str = "global",
+                   backbone_sparsity: float | None = None) -> dict[str, Tensor]:
+    """The |w| criterion at ``sparsity``: the one magnitude selection of ``pruning.py``, IMP and LTH.
+
+    ``scope``: one ranking over every prunable weight (``global``), or every component / every layer pruned to
+    ``sparsity`` on its own.  ``backbone_sparsity`` (global scope; the reference ``pruning_head.py``): the backbone
+    ranked alone to that sparsity, all heads together to ``sparsity``.
+    """
+    scores = magnitude_scores(masks)
+    if backbone_sparsity is not None:
+        if scope != "global":
+            raise ValueError(f"backbone_sparsity goes with the global scope, not {scope!r}")
+        out: dict[str, Tensor] = {}
+        for group, sp in ((True, backbone_sparsity), (False, sparsity)):
+            names = [w.name for w in masks if (w.component == BACKBONE) == group]
+            total = sum(masks.masks[n].numel() for n in names)
+            out.update(top_k_mask(scores, names, masks, round((1.0 - sp) * total)))
+        return out
+    if scope == "global":
+        return select_global(scores, masks, sparsity)
+    if scope == "component":
+        return select_per_component(scores, masks, {c: sparsity for c in masks.components()})
+    if scope == "layer":
+        return select_per_layer(scores, masks, {n: 1.0 - sparsity for n in masks.masks})
+    raise ValueError(f"scope {scope!r} is not known; choose one of: {', '.join(SCOPES)}")
+
+
 def arbitrate(task_masks: Mapping[str, Mapping[str, Tensor]], masks: MaskSet) -> dict[str, Tensor]:
     """DiSparse's arbiter: a shared (backbone) weight survives if ANY task keeps it; a head follows its task."""
     out: dict[str, Tensor] = {}
@@ -222,6 +252,13 @@ def mean_over_ranks(tensors: Mapping[K, Tensor], info: DistInfo | None) -> dict[
         for key, part in zip(keys, torch.split(flat, [out[k].numel() for k in keys])):
             out[key] = part.view_as(out[key])
     return out
+
+
+def mean_over_ranks_per_task(scores: Mapping[str, Mapping[str, Tensor]],
+                             info: DistInfo | None) -> dict[str, dict[str, Tensor]]:
+    """``{task: {weight: score}}`` averaged over the DDP ranks in one collective (the same values in one process)."""
+    flat = mean_over_ranks({(t, n): s for t, per in scores.items() for n, s in per.items()}, info)
+    return {t: {n: flat[(t, n)] for n in per} for t, per in scores.items()}
 
 
 def mask_fingerprint(masks: Mapping[str, Tensor]) -> str:

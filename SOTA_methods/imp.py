@@ -23,49 +23,33 @@ the best checkpoint is selected on validation data the next round should not dep
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from main.config import Config, ConfigError
+from main.config import Config, ConfigError, Provenance
 from main.distributed import DistInfo
 from main.errors import cli_main
 from main.run_dir import check_run_dir
-from main.runner import seed_everything
+from main.seeding import seed_everything
 
-from .engine import check_same_on_all_ranks, install
-from .runs import (
-    add_rounds,
-    add_target,
-    finish,
-    load_trained,
-    magnitude_keep,
-    method_parser,
-    refuse_resume,
-    round_sparsities,
-    run_command,
-    stage_trainer,
-    start_from,
-    write_json,
-)
-
-OPTIONS = ("load_checkpoint", "target", "per_round", "one_shot", "scope", "finetune_iters")
+from .commands import add_rounds, add_target, method_main
+from .engine import check_same_on_all_ranks, install, magnitude_keep
+from .registry import Method, OptionGroup, register
+from .stages import finish, load_trained, refuse_resume, round_sparsities, stage_trainer, start_from, write_json
 
 
-def build_imp_parser() -> argparse.ArgumentParser:
-    parser, g = method_parser("Iterative magnitude pruning of a trained checkpoint, fine-tuning between rounds.")
-    g.add_argument("--load_checkpoint", metavar="CKPT", help="trained (dense or AdapMTL) checkpoint to prune")
-    add_target(g)
-    add_rounds(g, "global (one |w| ranking, default) | component (each component to the round's sparsity) "
-                  "| layer (each layer to it)")
-    g.add_argument("--finetune_iters", type=int, default=None,
-                   help="fine-tuning iterations after every round but the last (default: --iters)")
-    return parser
+def add_imp_args(group: OptionGroup) -> None:
+    group.add_argument("--load_checkpoint", metavar="CKPT", help="trained (dense or AdapMTL) checkpoint to prune")
+    add_target(group)
+    add_rounds(group, "global (one |w| ranking, default) | component (each component to the round's sparsity) "
+                      "| layer (each layer to it)")
+    group.add_argument("--finetune_iters", type=int, default=None,
+                       help="fine-tuning iterations after every round but the last (default: --iters)")
 
 
-def run_imp(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
+def run_imp(cfg: Config, given: Provenance, opts: dict, dist_info: DistInfo | None = None,
             device: torch.device | None = None) -> dict:
     """Prune/fine-tune rounds, then the final fine-tune; returns the ``masks.json`` summary.
 
@@ -75,11 +59,12 @@ def run_imp(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
     refuse_resume(cfg, "imp")
     if not opts["load_checkpoint"]:
         raise ConfigError("--load_checkpoint TRAINED.model is required (IMP prunes a trained model)")
-    cfg, model, masks = load_trained(cfg, opts["load_checkpoint"], device)
+    cfg, model, masks = load_trained(cfg, given, opts["load_checkpoint"], device)
     seed_everything(cfg.seed)
     # Every rank refuses an occupied folder alike (one clean error, no rank left waiting in a collective); it
     # cannot see rank 0's files yet, since rank 0 writes run files only after a collective this rank joins.
-    check_run_dir(cfg, create=dist_info.is_main, inputs={"--load_checkpoint": opts["load_checkpoint"]})
+    check_run_dir(cfg, create=dist_info.is_main, inputs={"--load_checkpoint": opts["load_checkpoint"],
+                                                            "--config": given.preset_file})
     save_dir = Path(cfg.save_dir)
     ft_iters = opts["finetune_iters"] or cfg.iters
     if ft_iters <= 0:
@@ -107,8 +92,13 @@ def run_imp(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
     return finish(trainer, pruning, {"rounds": rounds})
 
 
+IMP = register(Method(
+    name="imp", kind="iterative", label="IMP", run=run_imp, command="SOTA_methods.imp",
+    about="Iterative magnitude pruning of a trained checkpoint, fine-tuning between rounds.", add_args=add_imp_args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(build_imp_parser(), argv, OPTIONS, run_imp, "imp")
+    return method_main(IMP, argv)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ rankings of bit-identical weights, hence identical without communication.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import warnings
 from collections.abc import Sequence
@@ -43,46 +42,39 @@ from typing import Any
 
 import torch
 
-from main.checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state
-from main.config import Config, ConfigError
+from main.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_weights, rng_state
+from main.config import Config, ConfigError, Provenance
 from main.distributed import DistInfo, gather_objects
 from main.errors import cli_main
 from main.masks import MaskSet
 from main.run_dir import check_run_dir
-from main.runner import seed_everything
+from main.seeding import seed_everything
 from main.trainer import Trainer
 
-from .engine import check_same_on_all_ranks, install
-from .runs import (
-    add_rounds,
-    add_target,
+from .commands import add_rounds, add_target, method_main
+from .engine import check_same_on_all_ranks, install, magnitude_keep
+from .registry import Method, OptionGroup, register
+from .stages import (
     enforce,
     finish,
     hard_mask_config,
     load_trained,
-    magnitude_keep,
-    method_parser,
     refuse_resume,
     round_sparsities,
-    run_command,
     stage_trainer,
     write_json,
 )
 
-OPTIONS = ("load_checkpoint", "init_checkpoint", "rewind", "target", "per_round", "one_shot", "scope")
 
-
-def build_lth_parser() -> argparse.ArgumentParser:
-    parser, g = method_parser("Lottery ticket: train dense, prune by magnitude, rewind to θ_0 / θ_k, retrain.")
-    g.add_argument("--load_checkpoint", metavar="CKPT",
-                   help="a trained dense checkpoint to start from (default: train it here from the flags)")
-    g.add_argument("--init_checkpoint", metavar="CKPT",
-                   help="with --load_checkpoint: the rewind snapshot (a rewind_iter<K>.model written by this "
-                        "command, or any checkpoint of that run); default θ_0 regenerated from the seed")
-    g.add_argument("--rewind", default=None, help="init (θ_0, default) | K (the weights after K iterations)")
-    add_target(g)
-    add_rounds(g, "global (one |w| ranking, default) | component | layer")
-    return parser
+def add_lth_args(group: OptionGroup) -> None:
+    group.add_argument("--load_checkpoint", metavar="CKPT",
+                       help="a trained dense checkpoint to start from (default: train it here from the flags)")
+    group.add_argument("--init_checkpoint", metavar="CKPT",
+                       help="with --load_checkpoint: the rewind snapshot (a rewind_iter<K>.model written by this "
+                            "command, or any checkpoint of that run); default θ_0 regenerated from the seed")
+    group.add_argument("--rewind", default=None, help="init (θ_0, default) | K (the weights after K iterations)")
+    add_target(group)
+    add_rounds(group, "global (one |w| ranking, default) | component | layer")
 
 
 def rewind_iteration(text: str | None) -> int:
@@ -138,7 +130,7 @@ def rewind(trainer: Trainer, snapshot: dict | None, masks: MaskSet, source: str)
         if "optimizer" in snapshot and "scheduler" in snapshot and "weighting" in snapshot:
             trainer.resume_from({**snapshot, "masks": None}, source)
         else:  # weights only (e.g. a pruned checkpoint): iteration and schedule position from its counter
-            trainer.load_model_weights(snapshot, source)
+            load_weights(trainer.model, snapshot, source, trainer.cfg)
             trainer.iteration = int(snapshot.get("iter", 0))
             with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
                 warnings.simplefilter("ignore", UserWarning)
@@ -148,7 +140,55 @@ def rewind(trainer: Trainer, snapshot: dict | None, masks: MaskSet, source: str)
     return enforce(trainer, masks)
 
 
-def run_lth(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
+def from_dense_checkpoint(cfg: Config, given: Provenance, opts: dict, k: int, dist_info: DistInfo,
+                          device: torch.device | None) -> tuple[Config, MaskSet, dict | None, str, int]:
+    """``--load_checkpoint``: its config and masks, the rewind snapshot (None: θ_0 from the seed), its source, k."""
+    snapshot, snap_source = None, "θ_0 regenerated from the seed"
+    if not opts["init_checkpoint"] and "seed" in given.explicit:
+        # θ_0 is the seeded init build_trainer makes (datasets draw nothing from the global RNG), so only
+        # the dense run's own seed regenerates it.
+        raise ConfigError("--seed: θ_0 is regenerated from the dense run's own seed; drop --seed or pass the "
+                          "snapshot as --init_checkpoint")
+    cfg, _, masks = load_trained(cfg, given, opts["load_checkpoint"], device)
+    seed_everything(cfg.seed)
+    # every rank refuses alike; only rank 0 creates (as imp)
+    check_run_dir(cfg, create=dist_info.is_main, inputs={"--load_checkpoint": opts["load_checkpoint"],
+                                                         "--init_checkpoint": opts["init_checkpoint"],
+                                                         "--config": given.preset_file})
+    if opts["init_checkpoint"]:
+        snapshot, snap_source = load_checkpoint(opts["init_checkpoint"]), opts["init_checkpoint"]
+        at = int(snapshot.get("iter", 0))
+        if opts["rewind"] is not None and at != k:
+            raise ConfigError(f"--init_checkpoint {snap_source} is the state at iteration {at}, not --rewind "
+                              f"{opts['rewind']}; drop --rewind or pass the matching snapshot")
+        k = at
+    elif k != 0:
+        raise ConfigError(f"--rewind {k} needs θ_{k}: pass --init_checkpoint (a rewind_iter{k}.model from an "
+                          "earlier lth run), or omit --load_checkpoint so lth trains the dense model itself")
+    return cfg, masks, snapshot, snap_source, k
+
+
+def train_dense(cfg: Config, given: Provenance, opts: dict, k: int, dist_info: DistInfo,
+                device: torch.device | None) -> tuple[Config, MaskSet, dict, str]:
+    """Train the dense model in ``<save_dir>/dense/``, snapshotting it at iteration k (saved as a record too)."""
+    if opts["init_checkpoint"]:
+        raise ConfigError("--init_checkpoint goes with --load_checkpoint (the dense run it belongs to)")
+    cfg = hard_mask_config(cfg)
+    check_run_dir(cfg, create=dist_info.is_main, inputs={"--config": given.preset_file})
+    trainer = stage_trainer(cfg, Path(cfg.save_dir) / "dense", None, dist_info, device)
+    if k >= cfg.iters:
+        raise ConfigError(f"--rewind {k} is not before the end of training (--iters {cfg.iters})")
+    store = snapshot_at(trainer, k)
+    trainer.log.info(f"LTH: training the dense model, snapshot at iteration {k}")
+    trainer.train()
+    snapshot = store["state"]
+    snap_source = str(trainer.save_dir / f"rewind_iter{k}.model")
+    if dist_info.is_main:  # a record for --init_checkpoint; this run rewinds to its in-memory copy
+        atomic_save(snapshot, snap_source)
+    return cfg, MaskSet.from_weights(trainer.model), snapshot, snap_source
+
+
+def run_lth(cfg: Config, given: Provenance, opts: dict, dist_info: DistInfo | None = None,
             device: torch.device | None = None) -> dict:
     """Dense training (unless given), then prune → rewind → retrain rounds; returns the ``masks.json`` summary.
 
@@ -157,44 +197,10 @@ def run_lth(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
     dist_info = dist_info or DistInfo()
     refuse_resume(cfg, "lth")
     k = rewind_iteration(opts["rewind"])
-    snapshot, snap_source = None, "θ_0 regenerated from the seed"
     if opts["load_checkpoint"]:
-        if not opts["init_checkpoint"] and "seed" in getattr(cfg, "explicit", set()):
-            # θ_0 is the seeded init build_trainer makes (datasets draw nothing from the global RNG), so only
-            # the dense run's own seed regenerates it.
-            raise ConfigError("--seed: θ_0 is regenerated from the dense run's own seed; drop --seed or pass the "
-                              "snapshot as --init_checkpoint")
-        cfg, _, masks = load_trained(cfg, opts["load_checkpoint"], device)
-        seed_everything(cfg.seed)
-        # every rank refuses alike; only rank 0 creates (as imp)
-        check_run_dir(cfg, create=dist_info.is_main, inputs={"--load_checkpoint": opts["load_checkpoint"],
-                                                             "--init_checkpoint": opts["init_checkpoint"]})
-        if opts["init_checkpoint"]:
-            snapshot, snap_source = load_checkpoint(opts["init_checkpoint"]), opts["init_checkpoint"]
-            at = int(snapshot.get("iter", 0))
-            if opts["rewind"] is not None and at != k:
-                raise ConfigError(f"--init_checkpoint {snap_source} is the state at iteration {at}, not --rewind "
-                                  f"{opts['rewind']}; drop --rewind or pass the matching snapshot")
-            k = at
-        elif k != 0:
-            raise ConfigError(f"--rewind {k} needs θ_{k}: pass --init_checkpoint (a rewind_iter{k}.model from an "
-                              "earlier lth run), or omit --load_checkpoint so lth trains the dense model itself")
+        cfg, masks, snapshot, snap_source, k = from_dense_checkpoint(cfg, given, opts, k, dist_info, device)
     else:
-        if opts["init_checkpoint"]:
-            raise ConfigError("--init_checkpoint goes with --load_checkpoint (the dense run it belongs to)")
-        cfg = hard_mask_config(cfg)
-        check_run_dir(cfg, create=dist_info.is_main)
-        trainer = stage_trainer(cfg, Path(cfg.save_dir) / "dense", None, dist_info, device)
-        if k >= cfg.iters:
-            raise ConfigError(f"--rewind {k} is not before the end of training (--iters {cfg.iters})")
-        store = snapshot_at(trainer, k)
-        trainer.log.info(f"LTH: training the dense model, snapshot at iteration {k}")
-        trainer.train()
-        snapshot = store["state"]
-        snap_source = str(trainer.save_dir / f"rewind_iter{k}.model")
-        if dist_info.is_main:  # a record for --init_checkpoint; this run rewinds to its in-memory copy
-            atomic_save(snapshot, snap_source)
-        masks = MaskSet.from_weights(trainer.model)
+        cfg, masks, snapshot, snap_source = train_dense(cfg, given, opts, k, dist_info, device)
     if k >= cfg.iters:
         raise ConfigError(f"the rewind point (iteration {k}) is not before the end of training (--iters {cfg.iters})")
     save_dir = Path(cfg.save_dir)
@@ -224,8 +230,13 @@ def run_lth(cfg: Config, opts: dict, dist_info: DistInfo | None = None,
     return finish(trainer, pruning, {"rounds": rounds})
 
 
+LTH = register(Method(
+    name="lth", kind="iterative", label="LTH", run=run_lth, command="SOTA_methods.lth",
+    about="Lottery ticket: train dense, prune by magnitude, rewind to θ_0 / θ_k, retrain.", add_args=add_lth_args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(build_lth_parser(), argv, OPTIONS, run_lth, "lth")
+    return method_main(LTH, argv)
 
 
 if __name__ == "__main__":

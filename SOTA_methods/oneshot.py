@@ -1,79 +1,176 @@
-"""One-shot unstructured criteria: score once, select to the target, install the mask.
+"""One-shot unstructured criteria, and what ``pruning.py`` does with any method's one-shot step.
 
-``magnitude`` (global, or backbone / heads separately as the reference ``pruning_head.py``), ``random``, ``snip``
-(|w·g| of the weighted total loss, global ranking), ``disparse_pt`` (DiSparse on a trained model: per-task
+Criteria (each a registry ``prune`` step: score once, select to the target, install the mask):
+``magnitude`` (global, or backbone / heads separately as the reference ``pruning_head.py``), ``random`` (uniform
+scores), ``snip`` (|w·g| of the total loss, global ranking), ``disparse_pt`` (DiSparse on a trained model: per-task
 scores over backbone + own head, OR on shared weights), ``disparse_static`` (DiSparse at initialisation: per-task
-SNIP scores, same arbiter).  Each function returns the keep masks; ``prune_oneshot`` dispatches by name.
+SNIP scores, same arbiter).  ``magnitude`` and ``disparse_pt`` exist only as one-shot methods and are registered
+here; SNIP, DiSparse-static and random are at-init methods, registered by ``SOTA_methods.at_init``, which trains
+what their step pruned.  Under torchrun (``at_init``) the gradient scores are averaged over the ranks first.
+
+``prune_once`` is ``pruning.py``: load a checkpoint (or initialise a model), apply the ``--method``'s step, save the
+pruned checkpoint and ``masks.json``; no training (``finetune.py`` does that).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+import os
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from main.atomic import atomic_write_text
+from main.checkpoint import CHECKPOINT_VERSION, atomic_save, checkpoint_name
+from main.config import Config, ConfigError, Provenance
+from main.data import dataset_info
+from main.device import resolve_device
+from main.distributed import DistInfo
 from main.masks import MaskSet
-from main.models import BACKBONE, MultiTaskModel
+from main.models import MultiTaskModel
+from main.run_dir import check_run_dir
+from main.seeding import seed_everything
 
 from .engine import (
     connection_sensitivity,
+    install,
+    magnitude_keep,
     magnitude_scores,
+    mean_over_ranks,
+    mean_over_ranks_per_task,
     random_scores,
     select_disparse,
     select_global,
     task_gradients,
-    top_k_mask,
 )
+from .registry import PRUNING_PY, Method, OptionGroup, PruneInputs, choose, methods, register
+from .stages import load_source, report_of, score_batches
 
-UNSTRUCTURED = ("magnitude", "random", "snip", "disparse_pt", "disparse_static")
-
-
-def magnitude_keep(masks: MaskSet, sparsity: float, backbone_sparsity: float | None = None) -> dict[str, Tensor]:
-    scores = magnitude_scores(masks)
-    if backbone_sparsity is None:
-        return select_global(scores, masks, sparsity)
-    # pruning_head.py: backbone to its own sparsity, all heads jointly to the requested one.
-    out = {}
-    for group, sp in ((True, backbone_sparsity), (False, sparsity)):
-        names = [w.name for w in masks if (w.component == BACKBONE) == group]
-        total = sum(masks.masks[n].numel() for n in names)
-        out.update(top_k_mask(scores, names, masks, round((1.0 - sp) * total)))
-    return out
+DISPARSE_SCORES = ("magnitude", "w2grad")
 
 
+# ------------------------------------------------------------------------------------------------ criteria
 def w2_grad(weight: Tensor, grad: Tensor) -> Tensor:
     """DiSparse-PT's Taskonomy score contribution: w²·|g| summed over batches."""
     return weight.pow(2) * grad.abs()
 
 
-def prune_oneshot(method: str, model: MultiTaskModel, masks: MaskSet, sparsity: float,
-                  batches: Iterable[Mapping[str, Tensor]], tasks: tuple[str, ...], device: torch.device, *,
-                  seed: int = 0, backbone_sparsity: float | None = None, class_weights: Tensor | None = None,
-                  disparse_score: str = "magnitude") -> dict[str, Tensor]:
-    """Keep masks for ``method`` at overall ``sparsity`` (fraction of prunable weights removed)."""
-    if method == "magnitude":
-        return magnitude_keep(masks, sparsity, backbone_sparsity)
-    if backbone_sparsity is not None:
-        raise ValueError("--backbone_sparsity applies to --method magnitude only")
-    if method == "random":
-        return select_global(random_scores(masks, seed), masks, sparsity)
-    if method == "snip":
-        scores = task_gradients(model, masks, batches, tasks, device, per_task=False, class_weights=class_weights,
-                                statistic=connection_sensitivity)["total"]
-        return select_global(scores, masks, sparsity)
-    if method == "disparse_static":
-        per_task = task_gradients(model, masks, batches, tasks, device, per_task=True, class_weights=class_weights,
-                                  statistic=connection_sensitivity)
-        return select_disparse(per_task, masks, sparsity)
-    if method == "disparse_pt":
-        if disparse_score == "magnitude":
-            mag = magnitude_scores(masks)
-            per_task = {t: mag for t in tasks}
-        elif disparse_score == "w2grad":
-            per_task = task_gradients(model, masks, batches, tasks, device, per_task=True,
-                                      class_weights=class_weights, statistic=w2_grad)
-        else:
-            raise ValueError(f"unknown DiSparse score {disparse_score!r}; choose magnitude or w2grad")
-        return select_disparse(per_task, masks, sparsity)
-    raise ValueError(f"unknown one-shot method {method!r}; choose one of {', '.join(UNSTRUCTURED)}")
+def magnitude_step(inp: PruneInputs) -> dict:
+    install(inp.masks, magnitude_keep(inp.masks, inp.sparsity, backbone_sparsity=inp.options.get("backbone_sparsity")))
+    return {}
+
+
+def random_step(inp: PruneInputs) -> dict:
+    """Seeded by ``--seed`` alone, so every DDP rank draws the same mask."""
+    install(inp.masks, select_global(random_scores(inp.masks, inp.cfg.seed), inp.masks, inp.sparsity))
+    return {}
+
+
+def snip_step(inp: PruneInputs) -> dict:
+    scores = task_gradients(inp.model, inp.masks, inp.batches, inp.tasks, inp.device, per_task=False,
+                            class_weights=inp.class_weights, statistic=connection_sensitivity,
+                            weights=inp.loss_weights)["total"]
+    install(inp.masks, select_global(mean_over_ranks(scores, inp.dist), inp.masks, inp.sparsity))
+    return {}
+
+
+def disparse_static_step(inp: PruneInputs) -> dict:
+    per_task = task_gradients(inp.model, inp.masks, inp.batches, inp.tasks, inp.device, per_task=True,
+                              class_weights=inp.class_weights, statistic=connection_sensitivity)
+    install(inp.masks, select_disparse(mean_over_ranks_per_task(per_task, inp.dist), inp.masks, inp.sparsity))
+    return {}
+
+
+def disparse_pt_step(inp: PruneInputs) -> dict:
+    """Per-task scores: |w| (the NYUv2 reference) or w²·|g_t| (its Taskonomy code; the default on Taskonomy)."""
+    score = inp.options.get("disparse_score") or ("w2grad" if inp.cfg.dataset == "taskonomy" else "magnitude")
+    if score == "magnitude":
+        mag = magnitude_scores(inp.masks)
+        per_task = {t: mag for t in inp.tasks}
+    elif score == "w2grad":
+        per_task = task_gradients(inp.model, inp.masks, inp.batches, inp.tasks, inp.device, per_task=True,
+                                  class_weights=inp.class_weights, statistic=w2_grad)
+    else:
+        raise ValueError(f"unknown DiSparse score {score!r}; choose one of {', '.join(DISPARSE_SCORES)}")
+    install(inp.masks, select_disparse(per_task, inp.masks, inp.sparsity))
+    return {}
+
+
+# ------------------------------------------------------------------------------------------------ pruning.py
+def one_shot_methods() -> list[Method]:
+    """The registered methods ``pruning.py`` can apply: those with a one-shot step."""
+    return methods(lambda m: m.prune is not None)
+
+
+def prune_once(cfg: Config, given: Provenance, opts: dict, dist_info: DistInfo | None = None,
+               device: torch.device | None = None) -> dict:
+    """Load (or initialise) the model, apply ``--method``'s one-shot step, save; returns the ``masks.json`` summary."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would score and write the same files
+        raise ConfigError("pruning.py scores and saves once and does not train, so it runs in one process: start "
+                          "it with python, not torchrun (then fine-tune under torchrun with finetune.py)")
+    method = choose(opts["method"], one_shot_methods())
+    device = device or resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    cfg, model, saved_masks = load_source(cfg, given, opts["load_checkpoint"], device)
+    inputs = {"--load_checkpoint": opts["load_checkpoint"], "--config": given.preset_file}
+    check_run_dir(cfg, create=False, inputs=inputs)  # created only once every check (data included) has passed
+    info = dataset_info(cfg)
+    masks = MaskSet.from_weights(model)  # zeros already there (baked thresholds, earlier pruning) stay pruned
+    if saved_masks is not None:
+        masks.load_state_dict(saved_masks)
+    if method.kind != "structured" and masks.sparsity() > opts["target"] + 1e-6:
+        raise ConfigError(f"--target {opts['target']:g} is below the checkpoint's sparsity "
+                          f"({masks.sparsity():.4f}): pruning never un-prunes; ask for at least that much")
+    batches = score_batches(cfg, opts["num_batches"]) if method.needs_batches else []
+    class_weights = info.class_weights.to(device) if info.class_weights is not None else None
+    extra = method.prune(PruneInputs(cfg, model, masks, opts["target"], batches, info.tasks, device,
+                                     class_weights=class_weights, options=opts))
+    check_run_dir(cfg, inputs=inputs)
+    return save_pruned(cfg, model, masks, opts, extra, checkpoint_name(info.tasks))
+
+
+def save_pruned(cfg: Config, model: MultiTaskModel, masks: MaskSet, opts: dict, extra: dict, name: str) -> dict:
+    """``<save_dir>/<name>`` (weights, masks, config, the pruning record) and ``masks.json`` beside it."""
+    report = report_of(model)
+    save_dir = Path(cfg.save_dir)
+    pruning = {"method": opts["method"], "prune_ratio": opts["target"], "source": opts["load_checkpoint"],
+               "backbone_sparsity": opts.get("backbone_sparsity"), "num_batches": opts["num_batches"], **extra}
+    channel_masks = pruning.pop("channel_masks", None)  # structured: tensors, kept out of masks.json
+    state = {"iter": 0, "state_dict": model.state_dict(), "config": cfg.to_dict(), "masks": masks.state_dict(),
+             "pruning": pruning, "version": CHECKPOINT_VERSION}
+    if channel_masks is not None:
+        state["channel_masks"] = channel_masks
+    path = save_dir / name
+    atomic_save(state, path)
+    summary = {"checkpoint": str(path), "pruning": pruning, "sparsity": report.as_dict()}
+    atomic_write_text(save_dir / "masks.json", json.dumps(summary, indent=1))
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ registration
+def add_magnitude_args(group: OptionGroup) -> None:
+    group.add_argument("--backbone_sparsity", type=_backbone_fraction,
+                       help="backbone pruned to this, the heads jointly to --target (reference pruning_head.py)")
+
+
+def _backbone_fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"--backbone_sparsity must be in [0, 1), got {value}")
+    return value
+
+
+def add_disparse_pt_args(group: OptionGroup) -> None:
+    group.add_argument("--disparse_score", choices=DISPARSE_SCORES,
+                       help="magnitude (NYUv2 reference) | w2grad (Taskonomy; the default there)")
+
+
+MAGNITUDE = register(Method(
+    name="magnitude", kind="one-shot", label="Magnitude", run=prune_once, command=PRUNING_PY,
+    about="|w|, one global ranking (or backbone and heads to their own sparsities)",
+    add_args=add_magnitude_args, prune=magnitude_step))
+DISPARSE_PT = register(Method(
+    name="disparse_pt", kind="one-shot", label="DiSparse-PT", run=prune_once, command=PRUNING_PY,
+    about="DiSparse on a trained model: per-task scores, a shared weight kept if any task keeps it",
+    add_args=add_disparse_pt_args, prune=disparse_pt_step, needs_batches=True))

@@ -38,26 +38,30 @@ import torch
 from torch import Tensor
 
 from main.atomic import atomic_write_text
-from main.checkpoint import atomic_save
-from main.config import ConfigError
+from main.channel_masks import ChannelMasks
+from main.checkpoint import atomic_save, checkpoint_name
+from main.cli.args import parse_finetune_args
+from main.config import Config, ConfigError, Provenance
 from main.distributed import DistInfo, cleanup, init_distributed
 from main.errors import cli_main
-from main.runner import build_masked_trainer
-from main.trainer import checkpoint_name
+from main.trainer_setup import build_masked_trainer
 
+from .compact import cost
 from .engine import check_same_on_all_ranks, mean_over_ranks
+from .registry import Method, OptionGroup, choose, methods, names, register
 from .structured import (
-    METHODS,
+    CRITERIA,
     RATIO_MEANING,
-    ChannelMasks,
     ScoreAccumulator,
     batch_scores,
-    cost,
     describe,
+    one_shot_step,
     reduce_of,
     removable,
     select_lowest,
 )
+
+COMMAND = "SOTA_methods.structured_train"
 
 
 def ranks_mean(dist_info: DistInfo) -> Callable[[list[Tensor]], list[Tensor]] | None:
@@ -89,8 +93,8 @@ class StructuredPruningSchedule:
     def __init__(self, method: str, channels: ChannelMasks, tasks: Sequence[str], *, target: float, window: int,
                  per_step: int, rewind: bool = True, form: str = "sq", source: str = "gate",
                  class_weights: Tensor | None = None, on_prune=None) -> None:
-        if method not in METHODS:
-            raise ConfigError(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
+        if method not in CRITERIA:
+            raise ConfigError(f"--method {method!r} is not known; choose one of {', '.join(CRITERIA)}")
         if not 0.0 < target < 1.0:
             raise ConfigError(f"--target must be a fraction of the backbone filters in (0, 1), got {target}")
         if window <= 0 or per_step <= 0:
@@ -159,79 +163,115 @@ class StructuredPruningSchedule:
         return record
 
 
+def structured_methods() -> list[Method]:
+    """The methods this command trains (registered below)."""
+    return methods(lambda m: m.command == COMMAND)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Structured pruning during training (Taylor / CosPrune, S004 schedule). Every finetune.py "
                     "flag (--iters, --lr, --save_dir, --batch_size ...) is accepted too and overrides the "
                     "checkpoint's config.", allow_abbrev=False)
-    p.add_argument("--method", default="cosprune", help="cosprune | taylor (default: cosprune)")
-    p.add_argument("--target", type=float, required=True,
+    g = OptionGroup(p)
+    g.add_argument("--method", default="cosprune", help=f"{names(structured_methods())} (default: cosprune)")
+    g.add_argument("--target", "--prune_ratio", dest="target", type=float, required=True,
                    help="stop once this fraction of the prunable backbone filters is removed")
-    p.add_argument("--window", type=int, required=True, help="iterations of score accumulation per pruning step")
-    p.add_argument("--per_step", type=int, required=True, help="filters removed per pruning step (S004: 100)")
-    p.add_argument("--rewind_lr", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--window", type=int, required=True, help="iterations of score accumulation per pruning step")
+    g.add_argument("--per_step", type=int, required=True, help="filters removed per pruning step (S004: 100)")
+    g.add_argument("--rewind_lr", action=argparse.BooleanOptionalAction, default=True,
                    help="rewind LR and scheduler after each pruning step (default: on, as S004)")
-    p.add_argument("--taylor_form", default="sq", choices=("sq", "abs"),
+    g.add_argument("--taylor_form", default="sq", choices=("sq", "abs"),
                    help="Taylor: (sum w*g)^2 (Molchanov, default) or |sum w*g| (S004 eq. 5)")
-    p.add_argument("--taylor_source", default="gate", choices=("gate", "weight"),
+    g.add_argument("--taylor_source", default="gate", choices=("gate", "weight"),
                    help="Taylor: BN gate (gamma, beta; default) or the conv filter weights")
-    p.add_argument("--save_each_step", action="store_true", help="also keep a checkpoint after every pruning step")
+    g.add_argument("--save_each_step", action="store_true", help="also keep a checkpoint after every pruning step")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from args import parse_finetune_args
-
+def parse_structured_args(argv: Sequence[str] | None) -> tuple[Config, Provenance, dict]:
+    """-> (config: the checkpoint's with finetune.py's flags on top, its provenance, this command's options)."""
     ours, rest = build_parser().parse_known_args(argv)
-    if ours.method not in METHODS:
-        raise ConfigError(f"--method {ours.method!r} is not known; choose one of {', '.join(METHODS)}")
-    if not 0.0 < ours.target < 1.0:
-        raise ConfigError(f"--target must be a fraction of the backbone filters in (0, 1), got {ours.target}")
-    if ours.window <= 0 or ours.per_step <= 0:
-        raise ConfigError(f"--window and --per_step must be positive, got {ours.window} and {ours.per_step}")
-    cfg, ckpt = parse_finetune_args(rest)
+    opts = vars(ours)
+    choose(opts["method"], structured_methods())
+    if not 0.0 < opts["target"] < 1.0:
+        raise ConfigError(f"--target must be a fraction of the backbone filters in (0, 1), got {opts['target']}")
+    if opts["window"] <= 0 or opts["per_step"] <= 0:
+        raise ConfigError(f"--window and --per_step must be positive, got {opts['window']} and {opts['per_step']}")
+    cfg, given, opts["load_checkpoint"] = parse_finetune_args(rest)
     if cfg.resume:
         raise ConfigError("structured_train cannot --resume (the score accumulators are not checkpointed); "
                           "continue with finetune.py --load_checkpoint on its last checkpoint instead")
-    explicit = getattr(cfg, "explicit", set())
+    return cfg, given, opts
+
+
+class StepLog:
+    """What the command writes besides the trainer's own files (rank 0): ``structured.json`` after every pruning
+    step and at the end, a log line per step and, with ``--save_each_step``, a checkpoint per step."""
+
+    def __init__(self, opts: dict, save_dir: Path) -> None:
+        self.opts, self.save_dir = opts, save_dir
+        self.schedule: StructuredPruningSchedule | None = None
+
+    def report(self) -> dict:
+        o, schedule = self.opts, self.schedule
+        return {"method": o["method"], "criterion": describe(o["method"], o["taylor_form"], o["taylor_source"]),
+                "source": o["load_checkpoint"], "target": o["target"], "target_meaning": RATIO_MEANING,
+                "target_filters": schedule.target_count, "window": o["window"], "per_step": o["per_step"],
+                "rewind_lr": o["rewind_lr"], "steps": schedule.history}
+
+    def write(self) -> None:
+        atomic_write_text(self.save_dir / "structured.json", json.dumps(self.report(), indent=1))
+
+    def on_prune(self, tr, record: dict) -> None:
+        if tr.is_main:
+            tr.log.info(f"[Iter {record['iter']}] pruned {record['removed_now']} filters: "
+                        f"{record['filters_removed']}/{record['filters_total']} removed, "
+                        f"{record['params']:,} params, {record['flops'] / 1e9:.3f} GFLOPs")
+            if self.opts["save_each_step"]:
+                k = len(self.schedule.history)
+                atomic_save(tr.state_dict(), self.save_dir / f"step{k:03d}_{checkpoint_name(tr.tasks)}")
+            self.write()
+
+
+def run_structured_train(cfg: Config, given: Provenance, opts: dict, dist_info: DistInfo | None = None,
+                         device: torch.device | None = None) -> dict:
+    """Fine-tune ``--load_checkpoint`` while the schedule removes filters; returns the ``structured.json`` report."""
+    dist_info = dist_info or DistInfo()
+    trainer, state = build_masked_trainer(opts["load_checkpoint"], cfg, given, dist_info, device)
+    channels = ChannelMasks.from_checkpoint(trainer.model, state, trainer.masks).to(trainer.device)
+    channels.attach(trainer)
+    if channels not in trainer.step_hooks:  # nothing pruned yet: still enforce once pruning starts
+        trainer.step_hooks.append(channels)
+    log = StepLog(opts, Path(trainer.cfg.save_dir))
+    log.schedule = StructuredPruningSchedule(
+        opts["method"], channels, trainer.tasks, target=opts["target"], window=opts["window"],
+        per_step=opts["per_step"], rewind=opts["rewind_lr"], form=opts["taylor_form"], source=opts["taylor_source"],
+        class_weights=trainer.class_weights, on_prune=log.on_prune)
+    trainer.step_hooks.append(log.schedule)
+    trainer.train()
+    if trainer.is_main:
+        log.write()
+        trainer.log.info(f"done: {trainer.iteration} iterations, {channels.pruned()}/{channels.total()} backbone "
+                         f"filters removed ({len(log.schedule.history)} pruning steps), checkpoint {log.save_dir}")
+    return log.report()
+
+
+TAYLOR = register(Method(
+    name="taylor", kind="structured", label="Taylor (filters)", run=run_structured_train, command=COMMAND,
+    about="filters ranked by the Taylor estimate of the loss change (Molchanov et al., 2019)",
+    prune=one_shot_step("taylor"), needs_batches=True))
+COSPRUNE = register(Method(
+    name="cosprune", kind="structured", label="CosPrune (filters)", run=run_structured_train, command=COMMAND,
+    about="filters ranked by how well the tasks' gradients agree on them (S004)",
+    prune=one_shot_step("cosprune"), needs_batches=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, given, opts = parse_structured_args(argv)
     dist_info, device = init_distributed(cfg.device)
     try:
-        trainer, state = build_masked_trainer(ckpt, cfg, explicit, dist_info, device)
-        cfg = trainer.cfg
-        channels = ChannelMasks.from_checkpoint(trainer.model, state, trainer.masks).to(trainer.device)
-        channels.attach(trainer)
-        if channels not in trainer.step_hooks:  # nothing pruned yet: still enforce once pruning starts
-            trainer.step_hooks.append(channels)
-        save_dir = Path(cfg.save_dir)
-
-        def on_prune(tr, record: dict) -> None:
-            if tr.is_main:
-                tr.log.info(f"[Iter {record['iter']}] pruned {record['removed_now']} filters: "
-                            f"{record['filters_removed']}/{record['filters_total']} removed, "
-                            f"{record['params']:,} params, {record['flops'] / 1e9:.3f} GFLOPs")
-                if ours.save_each_step:
-                    k = len(schedule.history)
-                    atomic_save(tr.state_dict(), save_dir / f"step{k:03d}_{checkpoint_name(tr.tasks)}")
-                write_report()
-
-        schedule = StructuredPruningSchedule(
-            ours.method, channels, trainer.tasks, target=ours.target, window=ours.window, per_step=ours.per_step,
-            rewind=ours.rewind_lr, form=ours.taylor_form, source=ours.taylor_source,
-            class_weights=trainer.class_weights, on_prune=on_prune)
-
-        def write_report() -> None:
-            report = {"method": ours.method, "criterion": describe(ours.method, ours.taylor_form, ours.taylor_source),
-                      "source": ckpt, "target": ours.target, "target_meaning": RATIO_MEANING,
-                      "target_filters": schedule.target_count, "window": ours.window, "per_step": ours.per_step,
-                      "rewind_lr": ours.rewind_lr, "steps": schedule.history}
-            atomic_write_text(save_dir / "structured.json", json.dumps(report, indent=1))
-
-        trainer.step_hooks.append(schedule)
-        trainer.train()
-        if trainer.is_main:
-            write_report()
-            trainer.log.info(f"done: {trainer.iteration} iterations, {channels.pruned()}/{channels.total()} backbone "
-                             f"filters removed ({len(schedule.history)} pruning steps), checkpoint {save_dir}")
+        run_structured_train(cfg, given, opts, dist_info, device)
     finally:
         cleanup(dist_info)
     return 0

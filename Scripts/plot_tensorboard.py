@@ -15,10 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.plots import plot_training_curves, read_scalars  # noqa: E402
-from main.errors import UserError, cli_main  # noqa: E402
+from bench.plots import plot_training_curves, read_scalars
+from main.errors import UserError, cli_main
 
 
 def default_labels(runs: list[str]) -> list[str]:

@@ -13,10 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from main.evaluation import UndefinedDelta, delta_t, format_table  # noqa: E402
-from main.tasks import metric_directions  # noqa: E402
+from main.scores import UndefinedDelta, delta_t
+from main.tables import format_table
+from main.tasks import metric_directions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from main.cli.args import parse_args
+from main.data import build_dataset, dataset_info
+from main.errors import cli_main
+from main.tables import format_table
+from main.task_registry import DEPTH, NORMAL, SEG
+from main.tasks import TaskMetrics
 
-from args import parse_args  # noqa: E402
-from main.data import build_dataset, dataset_info  # noqa: E402
-from main.errors import cli_main  # noqa: E402
-from main.evaluation import format_table  # noqa: E402
-from main.tasks import TaskMetrics  # noqa: E402
+#: The tasks a trivial predictor exists for (the others are left out of the table).
+TRIVIAL_TASKS = (SEG, NORMAL, DEPTH)
 
 
 def train_statistics(dataset, tasks, num_classes) -> dict[str, torch.Tensor]:
@@ -31,26 +32,26 @@ def train_statistics(dataset, tasks, num_classes) -> dict[str, torch.Tensor]:
     normal_sum = torch.zeros(3, dtype=torch.float64)
     for i in range(len(dataset)):
         s = dataset[i]
-        if "segment_semantic" in tasks:
-            seg = s["segment_semantic"].flatten()
+        if SEG in tasks:
+            seg = s[SEG].flatten()
             counts += torch.bincount(seg[seg < num_classes], minlength=num_classes).double()
-        if "depth_zbuffer" in tasks:
-            d = s["depth_zbuffer"]
+        if DEPTH in tasks:
+            d = s[DEPTH]
             depth_sum += float(d[d > 0].double().sum())
             depth_n += int((d > 0).sum())
-        if "normal" in tasks:
-            normal_sum += s["normal"].double().flatten(1).sum(1)
-    return {"segment_semantic": counts.argmax(), "depth_zbuffer": torch.tensor(depth_sum / max(depth_n, 1)),
-            "normal": normal_sum / normal_sum.norm()}
+        if NORMAL in tasks:
+            normal_sum += s[NORMAL].double().flatten(1).sum(1)
+    return {SEG: counts.argmax(), DEPTH: torch.tensor(depth_sum / max(depth_n, 1)),
+            NORMAL: normal_sum / normal_sum.norm()}
 
 
 def trivial_prediction(task: str, stats: dict, gt: torch.Tensor, num_classes: int) -> torch.Tensor:
     b, _, h, w = gt.shape if gt.dim() == 4 else (gt.shape[0], 1, *gt.shape[-2:])
-    if task == "segment_semantic":
+    if task == SEG:
         logits = torch.zeros(b, num_classes, h, w)
         logits[:, int(stats[task])] = 1.0
         return logits
-    if task == "normal":
+    if task == NORMAL:
         return stats[task].float().view(1, 3, 1, 1).expand(b, 3, h, w)
     return stats[task].float().view(1, 1, 1, 1).expand(b, 1, h, w)
 
@@ -59,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the metrics as JSON")
     ns, rest = parser.parse_known_args(argv)
-    cfg = parse_args(rest)
+    cfg, _ = parse_args(rest)
     info = dataset_info(cfg)
-    tasks = [t for t in info.tasks if t in ("segment_semantic", "normal", "depth_zbuffer")]
+    tasks = [t for t in info.tasks if t in TRIVIAL_TASKS]
     stats = train_statistics(build_dataset(cfg, "train"), tasks, info.num_classes)
     test = build_dataset(cfg, "test")
     metrics = TaskMetrics(tasks, info.num_classes, info.metric_style, cfg.metric_definitions)
@@ -73,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.json:
         Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
         Path(ns.json).write_text(json.dumps({"metrics": result, "predictors": {
-            "segment_semantic": f"majority class {int(stats['segment_semantic'])}",
-            "depth_zbuffer": f"mean depth {float(stats['depth_zbuffer']):.4f}",
-            "normal": f"mean normal {[round(v, 4) for v in stats['normal'].tolist()]}"}}, indent=1))
+            SEG: f"majority class {int(stats[SEG])}",
+            DEPTH: f"mean depth {float(stats[DEPTH]):.4f}",
+            NORMAL: f"mean normal {[round(v, 4) for v in stats[NORMAL].tolist()]}"}}, indent=1))
     return 0
 
 

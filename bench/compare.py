@@ -36,7 +36,7 @@ commands in another folder is evaluated instead of trained again; an interrupted
 
 Writes ``logs/comparison.md`` (``logs/comparison_data_seed<N>.md`` for another ``--data_seed``), the raw test.py JSON
 of every cell in ``logs/comparison/runs/<architecture>/``, the tuning runs' in ``.../tuning/<architecture>/``, the
-commands and wall times in ``.../cells.json`` and the plots; ``bench.compare_report`` builds the report from them.
+commands, wall and CPU times in ``.../cells.json`` and the plots; ``bench.compare_report`` builds the report from them.
 """
 
 from __future__ import annotations
@@ -57,12 +57,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.compare_protocol import (  # noqa: E402
+from bench.compare_protocol import (
     ARCHITECTURES,
     BUDGET_CONTROL,
     CKPT,
@@ -76,9 +73,11 @@ from bench.compare_protocol import (  # noqa: E402
     REFERENCE_CONTROL,
     TUNING_SHORTFALL,
 )
-from bench.comparison_stats import delta, mean_table, metrics_of  # noqa: E402
-from main.config import load_yaml  # noqa: E402
-from main.errors import UserError, cli_main  # noqa: E402
+from bench.comparison_stats import delta, mean_table, metrics_of
+from main.config import load_yaml
+from main.errors import UserError, cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -279,9 +278,9 @@ def _structured(method: str) -> Callable[[_Ctx], list[list[str]]]:
 _BUILDERS: dict[str, Callable[[_Ctx], list[list[str]]]] = {
     "dense": _dense,
     **{m: _adapmtl(m) for m, spec in METHODS.items() if spec.kind == "adapmtl"},
-    "snip": _at_init("snip"), "disparse_static": _at_init("disparse_static"),
+    **{m: _at_init(m) for m, spec in METHODS.items() if spec.kind == "at-init"},
     "disparse_dynamic": _disparse_dynamic, "imp": _imp, "lth": _lth,
-    "taylor": _structured("taylor"), "cosprune": _structured("cosprune"),
+    **{m: _structured(m) for m, spec in METHODS.items() if spec.kind == "structured"},
 }
 
 
@@ -292,7 +291,17 @@ def protocol_hash(path: Path) -> str:
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
-def run_commands(commands: Sequence[Sequence[str]], log: Path, threads: int | None = None) -> float:
+class Elapsed(NamedTuple):
+    """Wall time and CPU time (user + system, of the commands' processes) in seconds.
+
+    The CPU time is the budget measure: it does not grow when other work shares the machine, as wall time does.
+    """
+
+    wall: float
+    cpu: float
+
+
+def run_commands(commands: Sequence[Sequence[str]], log: Path, threads: int | None = None) -> Elapsed:
     """Run each command with this interpreter from the repository root; output appended to ``log``.
 
     ``threads``: the CPU threads each command may use (``OMP_NUM_THREADS``), when cells run side by side.
@@ -300,21 +309,28 @@ def run_commands(commands: Sequence[Sequence[str]], log: Path, threads: int | No
     log.parent.mkdir(parents=True, exist_ok=True)
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads),
                                         "MKL_NUM_THREADS": str(threads)}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), 0.0
     with log.open("a") as fh:
         for cmd in commands:
-            argv = [sys.executable, *cmd]
             fh.write(f"$ {shlex.join(['python', *cmd])}\n")
             fh.flush()
-            proc = subprocess.run(argv, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            try:  # wait4: this child's own resource usage (other cells' processes run beside it)
+                _, status, usage = os.wait4(proc.pid, 0)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            cpu += usage.ru_utime + usage.ru_stime
             if proc.returncode != 0:
                 raise UserError(f"command failed (exit {proc.returncode}): python {shlex.join(list(cmd))}; "
                                 f"its output is in {log}")
-    return time.perf_counter() - start
+    return Elapsed(time.perf_counter() - start, cpu)
 
 
-def evaluate(checkpoint: Path, out_json: Path, split: str, log: Path, label: str, extra: Sequence[str],
-             threads: int | None = None) -> None:
+def run_test_py(checkpoint: Path, out_json: Path, split: str, log: Path, label: str, extra: Sequence[str],
+                threads: int | None = None) -> None:
     """test.py on ``split``; its JSON holds both metric definitions, the report computes every Δ_T from them."""
     cmd = ["test.py", "--path", str(checkpoint), "--json", str(out_json), "--split", split, "--progress", "off",
            "--label", label] + _device_flag(extra)
@@ -327,8 +343,8 @@ def _device_flag(extra: Sequence[str]) -> list[str]:
     return extra[extra.index("--device"):extra.index("--device") + 2] if "--device" in extra else []
 
 
-class Runner:
-    """Runs the plan's cells, skipping what is done; records commands and wall times."""
+class Grid:
+    """The comparison grid: runs the plan's cells, skipping what is done; records commands, wall and CPU times."""
 
     def __init__(self, plan: Plan, say: Callable[[str], None] = print) -> None:
         self.plan = plan
@@ -385,9 +401,9 @@ class Runner:
                 return
             self.say(f"[compare] shared dense pre-training of {arch}, {plan.P} iterations, seed {seed}")
             cmds = plan.pretrain_commands(arch, seed)
-            wall = run_commands(cmds, plan.out / "logs" / f"{key}.log", self.threads)
-        self.record(key, {"commands": [shlex.join(["python", *c]) for c in cmds], "wall_s": round(wall, 1),
-                          "protocol": self.protocol})
+            spent = run_commands(cmds, plan.out / "logs" / f"{key}.log", self.threads)
+        self.record(key, {"commands": [shlex.join(["python", *c]) for c in cmds], "wall_s": round(spent.wall, 1),
+                          "cpu_s": round(spent.cpu, 1), "protocol": self.protocol})
 
     def run_cell(self, cell: Cell) -> None:
         plan = self.plan
@@ -407,33 +423,34 @@ class Runner:
         twin_test = None if twin is None or cell.split != "test" else self.twin_test_json(twin[0])
         if twin is not None and twin[1].is_file():  # an identical training (same commands) already ran: evaluate it
             cell.checkpoint = twin[1]
-            wall = 0.0
+            spent = Elapsed(0.0, 0.0)
             self.say(f"[compare] {cell.key}: the finished run {twin[0]} is this training, evaluating it")
         elif twin_test is not None:  # its run folder is gone (another machine), its test evaluation is kept
             cell.checkpoint = twin[1]
-            wall = 0.0
+            spent = Elapsed(0.0, 0.0)
             self.say(f"[compare] {cell.key}: the finished run {twin[0]} is this training, taking its test JSON")
         else:
             twin = None
             self.say(f"[compare] {cell.key} ({cell.split}) ...")
             shutil.rmtree(cell.checkpoint.parent, ignore_errors=True)  # no stale events or checkpoints mixed in
-            wall = run_commands(cell.commands, log, self.threads)
+            spent = run_commands(cell.commands, log, self.threads)
         if twin_test is not None and not twin[1].is_file():
             out_json.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(twin_test, out_json)
         else:
-            evaluate(cell.checkpoint, out_json, cell.split, log, cell.key, plan.ns.extra, self.threads)
+            run_test_py(cell.checkpoint, out_json, cell.split, log, cell.key, plan.ns.extra, self.threads)
         if cell.split == "val":  # the test split too, now: the chosen lr's run is the seed-0 cell, even elsewhere
-            evaluate(cell.checkpoint, plan.tune / f"{cell.key}.test.json", "test", log, cell.key, plan.ns.extra,
+            run_test_py(cell.checkpoint, plan.tune / f"{cell.key}.test.json", "test", log, cell.key, plan.ns.extra,
                      self.threads)
         entry = {"architecture": cell.arch, "method": cell.method, "target": cell.target, "seed": cell.seed,
-                 "lr": cell.lr, "split": cell.split, "wall_s": round(wall, 1), "protocol": self.protocol,
+                 "lr": cell.lr, "split": cell.split, "wall_s": round(spent.wall, 1), "cpu_s": round(spent.cpu, 1),
+                 "protocol": self.protocol,
                  "run_dir": str(cell.checkpoint.parent),
                  "commands": [shlex.join(["python", *c]) for c in cell.commands]}
         if twin is not None:
             entry["reused"] = twin[0]
         self.record(cell.key, entry)
-        self.say(f"[compare] {cell.key} done in {wall / 60:.1f} min")
+        self.say(f"[compare] {cell.key} done in {spent.wall / 60:.1f} min ({spent.cpu / 60:.1f} CPU min)")
 
     def drop_stale(self, cells: Sequence[Cell]) -> None:
         """Remove the result of every cell recorded with other commands than it has now (e.g. another lr)."""
@@ -626,7 +643,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def held_out_lrs(ns: argparse.Namespace) -> dict[tuple[str, str], float | None]:
     """Another data seed is held out: nothing is tuned on it; every method keeps the learning rate the grid chose
     on data seed 0 (read from that comparison's tuning runs, which must have finished)."""
-    seed0 = Runner(Plan(argparse.Namespace(**{**vars(ns), "data_seed": 0})), say=lambda _: None)
+    seed0 = Grid(Plan(argparse.Namespace(**{**vars(ns), "data_seed": 0})), say=lambda _: None)
     lrs = seed0.tune(train=False)
     missing = [f"{a}/{m}" for a in ns.architectures for m in seed0.plan.methods(a) if (a, m) not in lrs]
     if missing and len(ns.grid_lr) > 1:
@@ -641,21 +658,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parse(argv)
     plan = Plan(ns)
     start = time.time()
-    runner = Runner(plan)
+    grid = Grid(plan)
     if not ns.report_only:
-        if runner.jobs > 1:
-            print(f"[compare] {runner.jobs} cells at a time, {runner.threads} CPU thread(s) each", flush=True)
-        lrs = runner.tune() if ns.data_seed == 0 else held_out_lrs(ns)
+        if grid.jobs > 1:
+            print(f"[compare] {grid.jobs} cells at a time, {grid.threads} CPU thread(s) each", flush=True)
+        lrs = grid.tune() if ns.data_seed == 0 else held_out_lrs(ns)
         cells = plan.cells(lrs)
-        runner.drop_stale(cells)  # results of other commands leave the tables now, not only when re-run
+        grid.drop_stale(cells)  # results of other commands leave the tables now, not only when re-run
         todo = [c for c in cells if not plan.json_path(c).is_file()]
         if todo:
             print(f"[compare] {len(todo)} of {len(cells)} cells to run", flush=True)
-        runner.parallel([functools.partial(runner.run_cell, c) for c in cells],
+        grid.parallel([functools.partial(grid.run_cell, c) for c in cells],
                         after_each=lambda: write_report(plan, lrs, time.time() - start))  # the report grows
     else:  # the grid's choice from the finished tuning runs; results of other commands leave the tables
-        lrs = runner.tune(train=False) if ns.data_seed == 0 else held_out_lrs(ns)
-        runner.drop_stale([c for c in plan.cells(lrs) if (c.arch, c.method) in lrs])
+        lrs = grid.tune(train=False) if ns.data_seed == 0 else held_out_lrs(ns)
+        grid.drop_stale([c for c in plan.cells(lrs) if (c.arch, c.method) in lrs])
     path = write_report(plan, lrs, time.time() - start)
     print(f"[compare] report: {path}")
     return 0

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CKPT = "segment_semantic_normal_depth_zbuffer.model"
+from main.checkpoint import checkpoint_name
+from main.task_registry import DEFAULT_TASKS
+from SOTA_methods import catalog
+
+# The comparison's tasks: the defaults, which the protocol preset lists too (tests/test_tasks.py checks it).
+TASKS = DEFAULT_TASKS
+CKPT = checkpoint_name(TASKS)
 # The benchmark protocol (crop, an unbounded stream of fresh training scenes, a large test split, the lr schedule):
 # chosen by the dense noise-floor measurements in logs/noise_floor/ (docs/comparison.md).
 PROTOCOL_CONFIG = "configs/synthetic_compare.yaml"
@@ -22,8 +28,9 @@ LR_STEPS = 4
 class Method:
     """One row of the comparison.
 
-    ``kind``: dense | adapmtl (trains thresholds from scratch or from ``reload``) | at_init | during (prunes
-    while training) | iterative (from the shared dense pre-training) | structured (filters, from it too).
+    ``kind``: dense | adapmtl (trains thresholds from scratch or from ``reload``) | a pruning baseline's kind in
+    the method registry (``SOTA_methods.registry.KINDS``): at-init | during-training | iterative (here: from the
+    shared dense pre-training) | structured (filters, from it too).
     ``ablation``: run at one seed only, as evidence for the AdapMTL rows, not ranked.
     """
 
@@ -37,19 +44,19 @@ class Method:
         return self.kind in ("iterative", "structured") or self.name == "adapmtl_dense_start"
 
 
+def baseline(name: str) -> Method:
+    """A pruning baseline's row, labelled and kinded as the method registry declares it."""
+    method = catalog.get(name)
+    return Method(method.name, method.label, method.kind)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dense", "Dense (baseline)", "dense"),
     Method("adapmtl", "AdapMTL (stop rule)", "adapmtl"),
     Method("adapmtl_budget", "AdapMTL (budget control)", "adapmtl"),
     Method("adapmtl_dense_start", "AdapMTL from dense (budget control)", "adapmtl"),
     Method("adapmtl_budget_track", "AdapMTL (budget control, track mode)", "adapmtl"),
-    Method("snip", "SNIP", "at_init"),
-    Method("disparse_static", "DiSparse-static", "at_init"),
-    Method("disparse_dynamic", "DiSparse-dynamic", "during"),
-    Method("imp", "IMP", "iterative"),
-    Method("lth", "LTH", "iterative"),
-    Method("taylor", "Taylor (filters)", "structured"),
-    Method("cosprune", "CosPrune (filters)", "structured"),
+    *map(baseline, ("snip", "disparse_static", "disparse_dynamic", "imp", "lth", "taylor", "cosprune")),
     Method("adapmtl_equal_weights", "AdapMTL w/o adaptive weighting", "adapmtl", ablation=True),
     Method("adapmtl_global_threshold", "AdapMTL, one global threshold", "adapmtl", ablation=True),
 )}

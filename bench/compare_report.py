@@ -24,24 +24,24 @@ from bench.compare_protocol import (
     PAPER_TABLE2,
     PROTOCOL_CONFIG,
     REFERENCE_CONTROL,
+    TASKS,
 )
-from bench.comparison_stats import NoiseFloor, delta, mean_table, metrics_of, paired, t_interval
+from bench.comparison_stats import STYLE, NoiseFloor, delta, mean_table, metrics_of, paired, t_interval
+from main.models import BACKBONE
+from main.task_registry import task_spec
 
 DEFINITIONS = ("standard", "parity")
-TASKS = ("segment_semantic", "normal", "depth_zbuffer")
-# (task, metric, label, scale) in the column order of the AdapMTL paper's Table 2
-COLUMNS = [
-    ("segment_semantic", "mIoU", "mIoU↑", 100.0), ("segment_semantic", "Pixel Acc", "PixAcc↑", 100.0),
-    ("normal", "Angle Mean", "Mean↓", 1.0), ("normal", "Angle Median", "Median↓", 1.0),
-    ("normal", "Angle 11.25", "11.25↑", 1.0), ("normal", "Angle 22.5", "22.5↑", 1.0),
-    ("normal", "Angle 30", "30↑", 1.0),
-    ("depth_zbuffer", "abs_err", "Abs↓", 1.0), ("depth_zbuffer", "rel_err", "Rel↓", 1.0),
-    ("depth_zbuffer", "sigma_1.25", "δ1.25↑", 1.0), ("depth_zbuffer", "sigma_1.25^2", "δ1.25²↑", 1.0),
-    ("depth_zbuffer", "sigma_1.25^3", "δ1.25³↑", 1.0),
-]
-TASK_DELTA_AFTER = {"Pixel Acc": "segment_semantic", "Angle 30": "normal", "sigma_1.25^3": "depth_zbuffer"}
-COMPONENTS = [("backbone", "Sp. backbone"), ("segment_semantic", "Sp. seg"), ("normal", "Sp. normal"),
-              ("depth_zbuffer", "Sp. depth")]
+_SPECS = [task_spec(t) for t in TASKS]
+# (task, metric, header, scale) per metric of every task, in registry order: the column order of the paper's Table 2
+COLUMNS = [(spec.name, m.name, m.header, m.scale) for spec in _SPECS for m in spec.metrics[STYLE]]
+# (task, metric) after which the task's Δ_T column follows: its last metric
+TASK_DELTA_AFTER = {(spec.name, spec.metrics[STYLE][-1].name) for spec in _SPECS}
+COMPONENTS = [(BACKBONE, "Sp. backbone"), *((spec.name, f"Sp. {spec.label}") for spec in _SPECS)]
+# Per-task parts of the headers: "seg / normal / depth", the sparsity columns' "bb / seg / nor / dep" and the Δ_T
+# columns' "Δ_T1 / Δ_T2 / Δ_T3" (the paper's Table 2 columns, which its data rows follow, stay as the paper has them)
+TASK_LABELS = " / ".join(spec.label for spec in _SPECS)
+SPARSITY_LABELS = " / ".join(["bb", *(spec.tag.lower() for spec in _SPECS)])
+DELTA_LABELS = " / ".join(f"Δ_T{i}" for i in range(1, len(_SPECS) + 1))
 
 
 @dataclass
@@ -95,7 +95,7 @@ def noise_section(runs: Sequence[Run], archs: Sequence[str], definition: str) ->
     md = ["## Noise floor", "",
           "Each dense seed's Δ_T against the mean of the other dense seeds (leave-one-out): what Δ_T scatters by for "
           "a model *equal* to dense. A difference between methods well inside ±2 std of it is not a finding.", "",
-          "| architecture | definitions | dense seeds | std of Δ_T | max abs | std seg / normal / depth |",
+          f"| architecture | definitions | dense seeds | std of Δ_T | max abs | std {TASK_LABELS} |",
           "|---|---|---|---|---|---|"]
     for arch in archs:
         dense = [r for r in runs if r.arch == arch and r.method == "dense"]
@@ -120,7 +120,7 @@ def main_table(rows: Sequence[tuple[str, Sequence[Run]]], definition: str) -> li
     head = []
     for task, metric, label, _ in COLUMNS:
         head.append(label)
-        if metric in TASK_DELTA_AFTER:
+        if (task, metric) in TASK_DELTA_AFTER:
             head.append(f"Δ_T{TASKS.index(task) + 1}")
     head += [c[1] for c in COMPONENTS] + ["Sp. overall", "Δ_T ± 95% CI", "Δ_T parity ± CI", "seeds"]
     lines = ["| Model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
@@ -128,7 +128,7 @@ def main_table(rows: Sequence[tuple[str, Sequence[Run]]], definition: str) -> li
         cells = []
         for task, metric, _, scale in COLUMNS:
             cells.append(_mean([metrics_of(r.result, definition)[task][metric] * scale for r in rs]))
-            if metric in TASK_DELTA_AFTER:
+            if (task, metric) in TASK_DELTA_AFTER:
                 cells.append(_mean([r.delta[definition]["tasks"][task] for r in rs if r.delta[definition]]))
         for comp, _ in COMPONENTS:
             cells.append(_mean([100 * r.result["sparsity"]["components"][comp] for r in rs], 1))
@@ -204,7 +204,7 @@ def seed_section(groups: Mapping, ns: Any, definition: str) -> list[str]:
             if len(rs) < 2:
                 continue
             md += [f"**{arch}, {METHODS[m].label}, seed by seed** ({definition} Δ_T; sparsity %; σ(s) per component)",
-                   "", "| seed | Δ_T | Δ seg / normal / depth | Sp. bb / seg / nor / dep | overall | thresholds |",
+                   "", f"| seed | Δ_T | Δ {TASK_LABELS} | Sp. {SPARSITY_LABELS} | overall | thresholds |",
                    "|---|---|---|---|---|---|"]
             for r in rs:
                 d = r.delta[definition]
@@ -227,7 +227,7 @@ def paper_section(groups: Mapping, target: int, definition: str) -> list[str]:
           "reference's script runs). Ours: synthetic benchmark, means over seeds, Δ against our dense mean "
           f"({definition} metrics; parity Δ_T in brackets).", "",
           "| row | paper mIoU / PixAcc | paper Δ_T1 / Δ_T2 / Δ_T3 | paper Sp. bb / seg / nor / dep | paper Δ_T "
-          "| ours Δ_T1 / Δ_T2 / Δ_T3 | ours Sp. bb / seg / nor / dep | ours Δ_T (parity) |", "|---" * 8 + "|"]
+          f"| ours {DELTA_LABELS} | ours Sp. {SPARSITY_LABELS} | ours Δ_T (parity) |", "|---" * 8 + "|"]
     for row in PAPER_TABLE2:
         name, miou, pa, d1, d2, d3, *sp, dt = row
         rs = groups.get(("mobilenetv2", ours.get(name, ""), None if name == "Dense" else target), [])
@@ -257,8 +257,8 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
     md = ["# Synthetic 3-task benchmark: every method at equal sparsity and equal training budget", "",
           f"Generated by `python -m bench.compare` from the test.py JSON in `logs/{rel}/runs/`; nothing here is typed "
           "by hand. Rebuild it with `python -m bench.compare --report_only`.", "",
-          f"- Benchmark: synthetic NYUv2-like scenes (data seed {ns.data_seed}), tasks segment_semantic / normal / "
-          f"depth_zbuffer, protocol preset `{PROTOCOL_CONFIG}`" + (
+          f"- Benchmark: synthetic NYUv2-like scenes (data seed {ns.data_seed}), tasks {' / '.join(TASKS)}, "
+          f"protocol preset `{PROTOCOL_CONFIG}`" + (
               " (**--quick smoke test: tiny model and data, the numbers mean nothing**)" if ns.quick else "") + ".",
           f"- Metrics on the test split, final checkpoints. Δ_T (%, the paper's formula) of every run is against the "
           f"**mean of the dense seeds** of its architecture; the ranking uses the **{definition}** metric "
@@ -363,12 +363,25 @@ def _runs_section(plan: Any) -> list[str]:
           "Command: `python -m bench.compare`", "",
           f"Sum of the cells' wall times: {sum(e.get('wall_s', 0) for e in book.values()) / 3600:.2f} h of "
           "training commands (evaluation not included); layouts (cells at a time, threads each): "
-          + ", ".join(f"{j} × {t or 'default'}" for j, t in layouts) + ".", "",
-          "| cell | wall (min) | commands |", "|---|---|---|"]
+          + ", ".join(f"{j} × {t or 'default'}" for j, t in layouts) + ".", "", *_cpu_budget(book), "",
+          "| cell | wall (min) | CPU (min) | commands |", "|---|---|---|---|"]
     for key, entry in book.items():
         cmds = "<br>".join(f"`{c}`" for c in entry.get("commands", []))
-        md.append(f"| {key} | {entry.get('wall_s', 0) / 60:.1f} | {cmds} |")
+        cpu = f"{entry['cpu_s'] / 60:.1f}" if "cpu_s" in entry else "-"
+        md.append(f"| {key} | {entry.get('wall_s', 0) / 60:.1f} | {cpu} | {cmds} |")
     return md
+
+
+def _cpu_budget(book: dict) -> list[str]:
+    """The budget in CPU time (user + system of the training commands), which other work on the machine does not
+    inflate as it does wall time; cells recorded before CPU time was measured are counted apart."""
+    timed = [e["cpu_s"] for e in book.values() if "cpu_s" in e]
+    if not timed:
+        return ["CPU time: not recorded for these cells (recorded from the cells run after it was added)."]
+    untimed = len(book) - len(timed)
+    return [f"CPU time of the {len(timed)} cells that record it: {sum(timed) / 3600:.2f} CPU-hours, i.e. "
+            f"{sum(timed) / 7200:.2f} h on 2 cores" + (f"; {untimed} earlier cells recorded wall time only." if
+                                                       untimed else ".")]
 
 
 def _environment() -> dict:

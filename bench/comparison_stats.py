@@ -21,10 +21,12 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from main.evaluation import UndefinedDelta, delta_t
+from main.scores import UndefinedDelta, delta_t
 from main.tasks import metric_directions
 
 Table = Mapping[str, Mapping[str, float]]
+#: The metric style of the synthetic benchmark (``main.data.dataset_info``): the reference's NYUv2 metrics.
+STYLE = "nyuv2"
 
 
 def metrics_of(result: Mapping, definition: str) -> Table:
@@ -50,7 +52,7 @@ def mean_table(tables: Sequence[Table]) -> dict[str, dict[str, float]]:
 
 def directions_for(table: Table) -> dict[str, dict[str, int]]:
     """Higher/lower-is-better of every metric in ``table`` (NYUv2-style metrics, as the synthetic benchmark)."""
-    return metric_directions("nyuv2", tuple(table))
+    return metric_directions(STYLE, tuple(table))
 
 
 def delta(table: Table, reference: Table) -> dict | None:

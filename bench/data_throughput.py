@@ -4,7 +4,7 @@ Writes N synthetic samples in the exact AdaShare NYUv2 layout at NYUv2's native 
 normal, .npy depth) into a temporary folder, then measures training samples/s (random scale, flip, pad-and-crop
 to 321) through a DataLoader for each worker count, and test samples/s (resize to 321).
 
-    python bench/data_throughput.py [--samples 48] [--workers 0 2] [--batch_size 16]
+    python -m bench.data_throughput [--samples 48] [--workers 0 2] [--batch_size 16]
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from main.data.nyuv2 import NYUv2  # noqa: E402
-from main.data.sampler import ResumableBatchSampler  # noqa: E402
+from main.data.nyuv2 import NYUv2
+from main.data.sampler import ResumableBatchSampler
 
 
 def write_nyuv2(root: Path, n: int, h: int = 480, w: int = 640, seed: int = 0) -> None:

@@ -20,8 +20,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from main.checkpoint import checkpoint_name
+from main.task_registry import DEFAULT_TASKS
+
 ROOT = Path(__file__).resolve().parents[1]
-CKPT = "segment_semantic_normal_depth_zbuffer.model"
+CKPT = checkpoint_name(DEFAULT_TASKS)  # the checks train with the default tasks
 TINY = ["--width_mult", "0.0625", "--crop_size", "32", "--train_size", "64", "--val_size", "8", "--test_size", "8",
         "--batch_size", "4", "--iters", "6", "--val_iters", "3", "--save_iters", "3", "--log_every", "2",
         "--adaptive_begin", "1", "--adaptive_window", "2", "--progress", "off", "--device", "cuda"]

@@ -19,7 +19,7 @@ run (CUDA: timed between ``torch.cuda.synchronize()`` calls).  Memory: see ``MEM
 2:4 semi-structured sparsity of ``torch.sparse.to_sparse_semi_structured`` is reported where it applies (it
 accelerates 2-D matmul weights; these networks are all convolutions).
 
-    python bench/inference.py [--width_mult 1 --input 321 --batch 1] [--checkpoint CKPT] [--out FILE]
+    python -m bench.inference [--width_mult 1 --input 321 --batch 1] [--checkpoint CKPT] [--out FILE]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,17 +37,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from main.checkpoint import load_checkpoint  # noqa: E402
-from main.config import Config  # noqa: E402
-from main.data import build_dataset, dataset_info  # noqa: E402
-from main.masks import MaskSet  # noqa: E402
-from main.models import MultiTaskModel, build_model  # noqa: E402
-from main.precision import autocast, to_channels_last  # noqa: E402
-from main.runner import model_from_checkpoint, resolve_device  # noqa: E402
-from SOTA_methods.compact import compact_model, count_flops, count_params  # noqa: E402
-from SOTA_methods.structured import ChannelMasks, prune_structured  # noqa: E402
+from main.channel_masks import ChannelMasks
+from main.checkpoint import load_checkpoint, model_from_checkpoint
+from main.config import Config
+from main.data import build_dataset, dataset_info
+from main.device import resolve_device
+from main.masks import MaskSet
+from main.models import MultiTaskModel, model_for
+from main.precision import autocast, to_channels_last
+from SOTA_methods.compact import compact_model, count_flops, count_params
+from SOTA_methods.structured import prune_structured
 
 MEMORY_METHOD = {
     "cpu": ("peak_activation_mb: the highest total of bytes live in torch's CPU allocator during one forward, above "
@@ -183,11 +181,10 @@ def build_dense(ns: argparse.Namespace, device: torch.device) -> tuple[Config, M
     if ns.input:
         cfg.crop_size = ns.input
     cfg.architecture = ns.architecture or cfg.architecture
-    cfg.validate()
+    cfg.check()
     torch.manual_seed(ns.seed)
     info = dataset_info(cfg)
-    model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, sparse=False,
-                        head_dropout=cfg.head_dropout).to(device)
+    model = model_for(cfg, info.task_channels, sparse=False).to(device)
     return cfg, model, f"random initialisation (seed {ns.seed})", False
 
 

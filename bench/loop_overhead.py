@@ -7,7 +7,7 @@ overhead; the run's final iteration would otherwise trigger both).  The bare ste
 ``bench/step_overhead.py`` on the same model, from the same state, over the same batches loaded beforehand.
 Loop and bare runs alternate ``--rounds`` times; the medians and the overhead fraction come from one run.
 
-    python bench/loop_overhead.py [--iters 60] [--rounds 4]
+    python -m bench.loop_overhead [--iters 60] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -21,18 +21,17 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from step_overhead import train_step  # noqa: E402
-
-from main.config import Config  # noqa: E402
-from main.runner import build_trainer  # noqa: E402
-from main.trainer import Trainer  # noqa: E402
-from main.validation import to_device  # noqa: E402
+from bench.step_overhead import train_step
+from main.checkpoint_saver import SaveLatest
+from main.config import Config
+from main.data.batch import to_device
+from main.data.loaders import train_loader
+from main.trainer import Trainer
+from main.trainer_setup import build_trainer
+from main.validation import Validation
 
 
 def snapshot(tr: Trainer) -> dict:
@@ -57,24 +56,25 @@ def main() -> int:
         torch.manual_seed(0)
         cfg = Config(iters=ns.iters, val_iters=10 * ns.iters, save_iters=10 * ns.iters, device="cpu",
                      train_size=max(16, 8 * ns.iters), val_size=8, test_size=8, save_dir=tmp, progress="off",
-                     overwrite=True).validate()
+                     overwrite=True).check()
         tr = build_trainer(cfg)
-        tr._validate = lambda writer: {}  # periodic jobs, not loop overhead (see the docstring)
-        tr.save = lambda *a, **k: None
-        tr._write_sparsity_json = lambda: None
-        limit = tr._threshold_count_limit()
-        batches = [to_device(b, tr.device) for _, b in zip(range(ns.iters), tr._train_loader())]
+        callbacks = tr.callbacks
+        # validation and checkpoints are periodic jobs, not loop overhead (see the docstring): only the training
+        # log and the preemption check stay
+        tr.callbacks = lambda stack: [cb for cb in callbacks(stack) if not isinstance(cb, Validation | SaveLatest)]
+        loader = train_loader(tr.train_set, tr.cfg, 0, tr.dist, tr.device)
+        batches = [to_device(b, tr.device) for _, b in zip(range(ns.iters), loader)]
         start = snapshot(tr)
         tr.model.train()
         for b in batches[:3]:  # warm-up
-            train_step(tr, b, limit)
+            train_step(tr, b)
         loop_s, bare_s = [], []
         for _ in range(ns.rounds):
             restore(tr, start)
             tr.model.train()
             t0 = time.perf_counter()
             for b in batches:
-                train_step(tr, b, limit)
+                train_step(tr, b)
             bare_s.append(time.perf_counter() - t0)
             restore(tr, start)
             t0 = time.perf_counter()

@@ -16,21 +16,18 @@ import argparse
 import functools
 import json
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.compare import run_commands
+from bench.compare_protocol import CKPT
+from bench.comparison_stats import NoiseFloor, metrics_of
+from main.errors import UserError, cli_main
 
-from bench.compare import run_commands  # noqa: E402
-from bench.compare_protocol import CKPT  # noqa: E402
-from bench.comparison_stats import NoiseFloor, metrics_of  # noqa: E402
-from main.errors import UserError, cli_main  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFINITIONS = ("standard", "parity")
 
@@ -48,7 +45,7 @@ def run_seed(ns: argparse.Namespace, seed: int, threads: int | None) -> dict:
     if out_json.is_file() and record_path.is_file():
         return json.loads(record_path.read_text())
     cmds = seed_commands(ns, seed, folder / "run")
-    wall = run_commands(cmds, folder / "log.txt", threads)
+    wall = run_commands(cmds, folder / "log.txt", threads).wall
     run_commands([["test.py", "--path", str(folder / "run" / CKPT), "--json", str(out_json), "--progress", "off"]],
                  folder / "log.txt", threads)
     record = {"seed": seed, "wall_s": round(wall, 1), "commands": [shlex.join(["python", *c]) for c in cmds]}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from main.errors import UserError
-from main.monitor import COMPONENT_TAGS
+from main.monitor import component_tags
 
 log = logging.getLogger("adapmtl.plots")
 
@@ -39,9 +39,6 @@ THRESHOLDS_PNG = "thresholds.png"
 # sparsity/<tag> scalars that are not a component's sparsity.
 _SPARSITY_NON_COMPONENT = {"overall_sparsity", "target", "frozen_fraction", "budget_target"}
 _WEIGHT_TAG = re.compile(r"^LR/(.+)/weights$")
-_SHORT_TO_NAME = {short: name for name, short in COMPONENT_TAGS.items()}
-# Fixed component order (and so fixed colours) in every figure; unknown components follow, sorted.
-_COMPONENT_ORDER = list(COMPONENT_TAGS)
 
 
 class RunFolderError(UserError, ValueError):
@@ -126,12 +123,18 @@ def _save(fig: Any, canvas_cls: Any, path: Path) -> Path:
 
 def _component_name(name: str) -> str:
     """Full component name (backbone / task) for a sparsity tag's short name (``Seg`` -> segment_semantic)."""
-    return _SHORT_TO_NAME.get(name, name)
+    return {short: full for full, short in component_tags().items()}.get(name, name)
+
+
+def _component_order() -> list[str]:
+    """Fixed component order (and so fixed colours) in every figure: the backbone, then the registry's tasks;
+    unknown components follow, sorted."""
+    return list(component_tags())
 
 
 def _ordered(names: Iterable[str]) -> list[str]:
     names = set(names)
-    known = [n for n in _COMPONENT_ORDER if n in names]
+    known = [n for n in _component_order() if n in names]
     return known + sorted(names - set(known))
 
 
@@ -145,8 +148,9 @@ def _colours(names: Sequence[str], *, components: bool = True) -> dict[str, Any]
         wide = colormaps["tab20"] if len(names) > 10 else cmap
         n_colours = 20 if len(names) > 10 else 10
         return {n: wide(i % n_colours) for i, n in enumerate(names)}
-    unknown = [n for n in names if n not in _COMPONENT_ORDER]
-    slot = {n: i for i, n in enumerate(_COMPONENT_ORDER + unknown)}
+    order = _component_order()
+    unknown = [n for n in names if n not in order]
+    slot = {n: i for i, n in enumerate(order + unknown)}
     return {n: cmap(slot[n] % 10) for n in names}
 
 

@@ -1,16 +1,17 @@
 """Training-step cost of AdapMTL's soft thresholds against the same model trained dense, printed as JSON.
 
-One step = what ``Trainer.train`` does per iteration: forward, per-task losses, (AdapMTL only) the on-device
-per-layer sparsity count the stop rule reads, the one-transfer step flags, backward and the Adam step, on the
-same pre-loaded batch.  Dense is the same model with ``set_sparse(False)``.  On CPU two more modes show what each
-speed-up buys: ``adapmtl_per_layer`` takes the fused soft threshold one autograd node per layer instead of one per
-component (``main.sparse.GROUPED_CPU``), ``adapmtl_general`` switches the fusion off (``FUSED_CPU``).  After a
-warm-up, the modes' steps are interleaved (rotating which goes first) so machine noise hits all alike; the
-medians and their ratios come from one run.  Configs: the CPU preset (resnet34, width 0.125, 96×96, batch 8)
-and ResNet34 at width 1 on 64×64, batch 4; each also on CUDA when a GPU is visible (timed with
+One step = ``Trainer.step``, what ``Trainer.train`` does per iteration: forward, per-task losses, the adaptive
+weights, (AdapMTL only) the on-device per-layer sparsity count the stop rule reads, the one-transfer step flags,
+backward, the Adam and scheduler steps, on the same pre-loaded batch.  Dense is the same model with
+``set_sparse(False)``.  On CPU two more modes show what each speed-up buys: ``adapmtl_per_layer`` takes the fused
+soft threshold one autograd node per layer instead of one per component
+(``MultiTaskModel.set_threshold_kernel("per_layer")``), ``adapmtl_general`` switches the fusion off
+(``"general"``).  After a warm-up, the modes' steps are interleaved (rotating which goes first) so machine noise
+hits all alike; the medians and their ratios come from one run.  Configs: the CPU preset (resnet34, width 0.125,
+96×96, batch 8) and ResNet34 at width 1 on 64×64, batch 4; each also on CUDA when a GPU is visible (timed with
 ``torch.cuda.synchronize``).
 
-    python bench/step_overhead.py [--repeats 15] [--warmup 3] [--configs preset full] [--profile]
+    python -m bench.step_overhead [--repeats 15] [--warmup 3] [--configs preset full] [--profile]
 """
 
 from __future__ import annotations
@@ -22,17 +23,15 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import main.sparse as sparse_mod  # noqa: E402
-from main.config import Config  # noqa: E402
-from main.runner import build_trainer  # noqa: E402
-from main.trainer import Trainer  # noqa: E402
-from main.validation import to_device  # noqa: E402
+from main.config import Config
+from main.data.batch import to_device
+from main.data.loaders import train_loader
+from main.step_flags import StepCheck
+from main.trainer import Trainer
+from main.trainer_setup import build_trainer
 
 CONFIGS = {
     "preset": {"width_mult": 0.125, "crop_size": 96, "batch_size": 8},
@@ -42,38 +41,35 @@ CONFIGS = {
 
 def make_trainer(name: str, device: str, save_dir: str) -> Trainer:
     cfg = Config(**CONFIGS[name], train_size=16, val_size=8, test_size=8, device=device, save_dir=save_dir,
-                 tensorboard=False, progress="off", overwrite=True).validate()
+                 tensorboard=False, progress="off", overwrite=True).check()
     return build_trainer(cfg)
 
 
+KERNELS = {"adapmtl_per_layer": "per_layer", "adapmtl_general": "general"}  # every other mode: "grouped"
+
+
 def set_mode(tr: Trainer, sparse: bool) -> None:
+    """The same trainer stepping dense or AdapMTL (its sparsity check follows)."""
     tr.model.set_sparse(sparse)
     tr.sparse = sparse
     tr.counter.record_forward_counts(sparse)
+    tr.check = StepCheck(tr.counter if sparse else None, (1.0 - tr.cfg.ratio) * sum(tr.counter.totals))
 
 
-def train_step(tr: Trainer, batch: dict, limit: float) -> None:
-    """The per-iteration work of ``Trainer.train`` (weighting fixed: equal weights)."""
-    _, losses, counts = tr._step_losses(batch)
-    flags = tr.flags_before_backward(losses.detach(), counts, limit)
-    total = losses.sum()
-    tr.optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    flags, _ = tr.flags_after_backward(flags, losses.detach(), counts, limit)
-    flags.get()
-    tr.optimizer.step()
+def train_step(tr: Trainer, batch: dict) -> None:
+    """The per-iteration work of ``Trainer.train``: ``Trainer.step`` at a fixed iteration."""
+    tr.step(batch, tr.cfg.adaptive_begin)
 
 
-def timed(tr: Trainer, batch: dict, limit: float, mode: str, cuda: bool) -> float:
+def timed(tr: Trainer, batch: dict, mode: str, cuda: bool) -> float:
     """One step in ``mode``: dense; adapmtl; adapmtl_per_layer (the fused CPU soft threshold, one autograd node per
     layer instead of per component); adapmtl_general (the non-fused path GPUs take)."""
     set_mode(tr, mode != "dense")
-    sparse_mod.FUSED_CPU = mode != "adapmtl_general"
-    sparse_mod.GROUPED_CPU = mode != "adapmtl_per_layer"
+    tr.model.set_threshold_kernel(KERNELS.get(mode, "grouped"))
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    train_step(tr, batch, limit)
+    train_step(tr, batch)
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -84,18 +80,17 @@ def measure(name: str, device: str, repeats: int, warmup: int, profile: bool) ->
         torch.manual_seed(0)
         tr = make_trainer(name, device, tmp)
         tr.model.train()
-        batch = to_device(next(iter(tr._train_loader())), tr.device)
-        limit = tr._threshold_count_limit()
+        batch = to_device(next(iter(train_loader(tr.train_set, tr.cfg, 0, tr.dist, tr.device))), tr.device)
         cuda = tr.device.type == "cuda"
         modes = ["dense", "adapmtl"] + ([] if cuda else ["adapmtl_per_layer", "adapmtl_general"])
         for _ in range(warmup):
             for mode in modes:
-                timed(tr, batch, limit, mode, cuda)
+                timed(tr, batch, mode, cuda)
         times: dict[str, list[float]] = {m: [] for m in modes}
         for i in range(repeats):
             for mode in modes[i % len(modes):] + modes[:i % len(modes)]:  # rotate which goes first
-                times[mode].append(timed(tr, batch, limit, mode, cuda))
-        sparse_mod.FUSED_CPU = sparse_mod.GROUPED_CPU = True
+                times[mode].append(timed(tr, batch, mode, cuda))
+        tr.model.set_threshold_kernel("grouped")
         out = {"device": str(tr.device), **CONFIGS[name], "conv_layers": len(tr.counter.layers), "repeats": repeats}
         out.update({f"{m}_ms": 1e3 * statistics.median(t) for m, t in times.items()})
         out["ratio"] = out["adapmtl_ms"] / out["dense_ms"]
@@ -111,7 +106,7 @@ def measure(name: str, device: str, repeats: int, warmup: int, profile: bool) ->
                 set_mode(tr, sparse)
                 with tprofile(activities=acts) as prof:
                     for _ in range(3):
-                        train_step(tr, batch, limit)
+                        train_step(tr, batch)
                 print(f"== {name} {'adapmtl' if sparse else 'dense'} (3 steps)", file=sys.stderr)
                 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18), file=sys.stderr)
         return out

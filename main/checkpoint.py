@@ -1,4 +1,8 @@
-"""Checkpoint files: atomic writes, safe loads, and the RNG state needed for exact resume.
+"""Checkpoint files: names, atomic writes, safe loads, the RNG state for exact resume, and the model a file holds.
+
+Everything that reads a checkpoint goes through here (``load_checkpoint``, ``config_of``, ``load_weights``,
+``model_from_checkpoint``), so evaluation and export never import the training loop; writing the files of a
+running training is ``main.checkpoint_saver``.
 
 Everything stored is a plain type (tensors, numbers, strings, lists, dicts) so ``torch.load(...,
 weights_only=True)`` reads it: a checkpoint can never execute code on load.  Writes go to a temporary file in
@@ -20,7 +24,10 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
+from .config import Config, ConfigError
+from .data import dataset_info
 from .errors import UserError
+from .models import MultiTaskModel, model_for
 
 CHECKPOINT_VERSION = 1
 
@@ -94,54 +101,61 @@ def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
 
 
-SNAPSHOT_DIR = "checkpoints"
+def checkpoint_name(tasks: tuple[str, ...] | list[str], best: bool = False) -> str:
+    """Reference file names: ``<tasks joined by _>.model`` and ``best_<...>.model``."""
+    return ("best_" if best else "") + "_".join(tasks) + ".model"
 
 
-def snapshot_path(save_dir: Path, stem: str, iteration: int) -> Path:
-    return Path(save_dir) / SNAPSHOT_DIR / f"{stem}_iter{iteration:08d}.model"
+def config_of(state: dict, source: str, use: str = "use a checkpoint written by baseline.py, pruning.py or "
+              "finetune.py") -> Config:
+    """The run config stored in a checkpoint (``use``: what the error message tells the user to do instead)."""
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{source} carries no config; it was not written by this code, {use}")
+    return Config.from_dict(state["config"], source=source)
 
 
-def save_with_snapshots(obj: Any, latest: Path, iteration: int, keep: int) -> None:
-    """Write ``latest`` atomically and keep the newest ``keep`` per-iteration snapshots beside it.
-
-    The snapshot is a hard link to the same file (one write, no extra disk for the newest), so a crash at any
-    moment leaves either the previous files or the new ones, never a truncated file under a good name.
-    """
-    latest = Path(latest)
-    if keep <= 0:
-        atomic_save(obj, latest)
-        return
-    snap = snapshot_path(latest.parent, latest.stem, iteration)
-    snap.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(obj, snap)
-    tmp = latest.with_name(f".{latest.name}.link")
-    if tmp.exists():
-        tmp.unlink()
+def load_weights(model: MultiTaskModel, state: dict, source: str, cfg: Config) -> None:
+    """Load ``state``'s weights into ``model`` (built from ``cfg``), or a ``CheckpointError`` naming the difference
+    (architecture, tasks, dataset / width) and the flag that fixes it."""
+    theirs = state["config"] if isinstance(state.get("config"), dict) else {}
+    arch = theirs.get("architecture")
+    if arch is not None and arch != cfg.architecture:
+        raise CheckpointError(f"{source} is a {arch} checkpoint but this run builds {cfg.architecture}; pass "
+                              f"--architecture {arch} or use a {cfg.architecture} checkpoint")
+    tasks = theirs.get("tasks")
+    if tasks is not None and set(tasks) != set(cfg.tasks):
+        raise CheckpointError(f"{source} was trained on tasks {' '.join(tasks)} but this run has "
+                              f"{' '.join(cfg.tasks)}; pass --tasks {' '.join(tasks)} or use a checkpoint of "
+                              "these tasks")
     try:
-        os.link(snap, tmp)
-        os.replace(tmp, latest)
-    except OSError:  # file systems without hard links: a second atomic write
-        atomic_save(obj, latest)
-    for old in sorted(snap.parent.glob(f"{latest.stem}_iter*.model"))[:-keep]:
-        old.unlink(missing_ok=True)
+        model.load_state_dict(state["state_dict"])
+    except (RuntimeError, TypeError, ValueError) as e:
+        lines = [line for line in str(e).splitlines() if line.strip()] or ["mismatched weights"]
+        detail = " ".join(lines[min(1, len(lines) - 1)].split())[:200]  # line 0 is "Error(s) in loading ..."
+        raise CheckpointError(f"{source} does not fit this model (it has dataset {theirs.get('dataset')!r}, "
+                              f"width_mult {theirs.get('width_mult')}; this run {cfg.dataset!r}, {cfg.width_mult}: "
+                              f"{detail}); pass the checkpoint's --dataset / --width_mult or use a matching "
+                              "checkpoint") from None
 
 
-def resume_candidates(save_dir: Path, stem: str) -> list[Path]:
-    """The latest checkpoint, then the snapshots newest first: the order ``--resume`` tries them in."""
-    save_dir = Path(save_dir)
-    out = [save_dir / f"{stem}.model"] if (save_dir / f"{stem}.model").is_file() else []
-    out += sorted((save_dir / SNAPSHOT_DIR).glob(f"{stem}_iter*.model"), reverse=True)
-    return out
+def model_from_checkpoint(state: dict, source: str, device: torch.device,
+                          overrides: dict | None = None) -> tuple[Config, MultiTaskModel]:
+    """Rebuild the model a checkpoint was trained with (config read from the file) and load its weights.
 
-
-def load_newest_intact(save_dir: Path, stem: str, warn=print) -> tuple[Path, dict]:
-    """First loadable checkpoint among ``resume_candidates``; corrupt ones are reported and skipped."""
-    candidates = resume_candidates(save_dir, stem)
-    if not candidates:
-        raise CheckpointError(f"--resume: no checkpoint in {save_dir}; start the run without --resume")
-    for path in candidates:
-        try:
-            return path, load_checkpoint(path)
-        except CheckpointError as e:
-            warn(f"skipping {path}: {e}")
-    raise CheckpointError(f"--resume: every checkpoint in {save_dir} is unreadable; start a new run")
+    ``overrides`` (e.g. a moved ``data_root``) apply before anything reads the dataset.
+    """
+    cfg = config_of(state, source)
+    for key, value in (overrides or {}).items():
+        setattr(cfg, key, value)
+    try:  # a stored config with an unknown architecture, task or dataset: one line naming the checkpoint
+        cfg.check()
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: its stored config is not usable here ({e})") from None
+    model = model_for(cfg, dataset_info(cfg).task_channels)
+    try:
+        model.load_state_dict(state["state_dict"])
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: weights do not fit the model its config describes "
+                              f"({str(e).splitlines()[0]})") from None
+    model.set_sparse(not cfg.dense)
+    return cfg, model.to(device)

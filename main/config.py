@@ -1,7 +1,7 @@
-"""The run configuration: one dataclass, the single source of defaults, types and validation.
+"""The run configuration: one dataclass, the single source of defaults, types and their checks.
 
-``args.py`` builds the command-line parser from these fields (grouped by ``metadata["group"]``), YAML presets
-in ``configs/`` override the defaults, explicit flags override the presets.  The resolved config is a plain
+``main/cli/args.py`` builds the command-line parser from these fields (grouped by ``metadata["group"]``), YAML
+presets in ``configs/`` override the defaults, explicit flags override the presets.  The resolved config is a plain
 dict in every checkpoint, so ``test.py --path`` can rebuild the model without the training flags.  The
 defaults are the CPU preset on the embedded synthetic benchmark (``configs/synthetic.yaml``); the paper
 settings live in ``configs/nyuv2_*.yaml`` and ``configs/taskonomy_*.yaml``.
@@ -20,11 +20,10 @@ import yaml
 
 from .atomic import atomic_write_text
 from .errors import UserError
+from .task_registry import DEFAULT_TASKS, known_tasks
 
 DATASETS = ("synthetic", "nyuv2", "taskonomy")
 ARCHITECTURES = ("resnet34", "mobilenetv2")
-KNOWN_TASKS = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
-DEFAULT_TASKS = ("segment_semantic", "normal", "depth_zbuffer")
 
 
 class ConfigError(UserError, ValueError):
@@ -123,71 +122,54 @@ class Config:
     reload: str | None = _f(None, "run", "start a new run from a checkpoint's weights (thresholds reset)")
     overwrite: bool = _f(False, "run", "allow --save_dir to hold a previous run")
 
-    def validate(self) -> Config:
+    def check(self) -> Config:
         """Check ranges and names; raise ``ConfigError`` with a fix for the first problem found."""
         self._check_finite()
         if not str(self.save_dir).strip():  # '' would write the run into the current folder
             raise ConfigError("--save_dir is empty; name a folder, e.g. --save_dir outputs/run1")
         self.dataset = self.dataset.lower()
-        _one_of("--dataset", self.dataset, DATASETS)
-        _one_of("--architecture", self.architecture, ARCHITECTURES)
-        _one_of("--task_weighting", self.task_weighting, ("adaptive", "equal"))
-        _one_of("--metric_definitions", self.metric_definitions, ("parity", "standard"))
+        for name, allowed in CHOICES.items():
+            _one_of(f"--{name}", getattr(self, name), allowed)
         if not str(self.select_by).startswith("metric:"):
             _one_of("--select_by", self.select_by, ("loss", "score", "metric:<task>/<metric>"))
-        _one_of("--val_loss_mean", self.val_loss_mean, ("sample", "batch"))
-        _one_of("--weighting_dtype", self.weighting_dtype, ("float32", "float64"))
-        _one_of("--progress", self.progress, ("auto", "on", "off"))
-        _one_of("--normals", self.normals, ("parity", "unit"))
-        _one_of("--amp", self.amp, ("off", "bf16", "fp16"))
-        _one_of("--sInit_type", self.sInit_type, ("constant",))
-        _one_of("--sparse_function", self.sparse_function, ("sigmoid",))
-        _one_of("--sparsity_control", self.sparsity_control, ("stop", "budget"))
-        _one_of("--threshold_scope", self.threshold_scope, ("component", "global"))
-        _one_of("--budget_mode", self.budget_mode, ("band", "track"))
-        if not 0.0 <= self.budget_ramp <= 1.0:
-            raise ConfigError(f"--budget_ramp must be a fraction of --iters in [0, 1], got {self.budget_ramp}")
-        if self.budget_integral < 0:
-            raise ConfigError(f"--budget_integral must be >= 0, got {self.budget_integral}")
-        for name in ("budget_gain", "budget_max_step"):
-            if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"--{name} must be a positive number, got {getattr(self, name)}")
-        if not self.tasks:
-            raise ConfigError("--tasks is empty; name at least one task, e.g. --tasks segment_semantic normal")
-        for t in self.tasks:
-            _one_of("--tasks", t, KNOWN_TASKS)
-        if len(set(self.tasks)) != len(self.tasks):
-            raise ConfigError(f"--tasks lists a task twice: {self.tasks}")
-        if not 0.0 < self.ratio < 1.0:
-            raise ConfigError(f"--ratio must be a fraction in (0, 1), got {self.ratio}; e.g. --ratio 0.9")
-        for name in ("iters", "batch_size", "crop_size", "val_iters", "log_every", "save_iters", "max_bad_steps",
-                     "decay_lr_freq", "adaptive_window", "val_size", "test_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("num_workers", "adaptive_begin", "best_after", "keep_checkpoints", "train_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "width_mult"):
-            if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"--{name} must be a positive number, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"--weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 < self.decay_lr_rate <= 1.0:
-            raise ConfigError(f"--decay_lr_rate must be in (0, 1], got {self.decay_lr_rate}")
-        if not 0.0 <= self.head_dropout < 1.0:
-            raise ConfigError(f"--head_dropout must be in [0, 1), got {self.head_dropout}")
-        if self.priority is not None and len(self.priority) != len(self.tasks):
-            raise ConfigError(f"--priority needs one value per task ({len(self.tasks)}), got {self.priority}")
-        if self.priority is not None and (min(self.priority) < 0 or sum(self.priority) <= 0):
-            raise ConfigError(f"--priority values are task weights: each >= 0 and not all 0, got {self.priority}")
-        if self.adaptive_total is not None and self.adaptive_total <= 0:
-            raise ConfigError(f"--adaptive_total must be positive, got {self.adaptive_total}")
+        self._check_tasks()
+        self._check_ranges()
         if self.dataset != "synthetic" and not self.data_root:
             raise ConfigError(f"--dataset {self.dataset} needs --data_root pointing at the dataset folder")
         if self.resume and self.reload:
             raise ConfigError("--resume and --reload exclude each other: resume continues a run, "
                               "reload starts a new one from a checkpoint's weights")
         return self
+
+    def _check_tasks(self) -> None:
+        if not self.tasks:
+            raise ConfigError("--tasks is empty; name at least one task, e.g. --tasks segment_semantic normal")
+        for t in self.tasks:
+            _one_of("--tasks", t, known_tasks())
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"--tasks lists a task twice: {self.tasks}")
+        if self.priority is not None and len(self.priority) != len(self.tasks):
+            raise ConfigError(f"--priority needs one value per task ({len(self.tasks)}), got {self.priority}")
+        if self.priority is not None and (min(self.priority) < 0 or sum(self.priority) <= 0):
+            raise ConfigError(f"--priority values are task weights: each >= 0 and not all 0, got {self.priority}")
+
+    def _check_ranges(self) -> None:
+        for name, (low, high, meaning) in INTERVALS.items():
+            value = getattr(self, name)
+            if not ((low[0] < value if low[1] == "(" else low[0] <= value)
+                    and (value < high[0] if high[1] == ")" else value <= high[0])):
+                raise ConfigError(f"--{name} must be {meaning.format(value)}")
+        for name in POSITIVE_INTS:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        for name in NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        for name in POSITIVE_NUMBERS:
+            if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"--{name} must be a positive number, got {getattr(self, name)}")
+        if self.adaptive_total is not None and self.adaptive_total <= 0:
+            raise ConfigError(f"--adaptive_total must be positive, got {self.adaptive_total}")
 
     def _check_finite(self) -> None:
         """No float option may be NaN or infinite (``--weight_decay nan`` would silently ruin a run)."""
@@ -206,6 +188,43 @@ class Config:
         cfg = cls()
         apply_overrides(cfg, values, source)
         return cfg
+
+
+# What ``Config.check`` checks, one table per kind of rule (the flag named in the error is the field's name).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS, "architecture": ARCHITECTURES, "task_weighting": ("adaptive", "equal"),
+    "metric_definitions": ("parity", "standard"), "val_loss_mean": ("sample", "batch"),
+    "weighting_dtype": ("float32", "float64"), "progress": ("auto", "on", "off"), "normals": ("parity", "unit"),
+    "amp": ("off", "bf16", "fp16"), "sInit_type": ("constant",), "sparse_function": ("sigmoid",),
+    "sparsity_control": ("stop", "budget"), "threshold_scope": ("component", "global"),
+    "budget_mode": ("band", "track"),
+}
+# name -> ((low, "(" open | "[" closed), (high, ")" | "]"), the error's words after "--name must be")
+INTERVALS: dict[str, tuple[tuple[float, str], tuple[float, str], str]] = {
+    "budget_ramp": ((0.0, "["), (1.0, "]"), "a fraction of --iters in [0, 1], got {}"),
+    "ratio": ((0.0, "("), (1.0, ")"), "a fraction in (0, 1), got {}; e.g. --ratio 0.9"),
+    "decay_lr_rate": ((0.0, "("), (1.0, "]"), "in (0, 1], got {}"),
+    "head_dropout": ((0.0, "["), (1.0, ")"), "in [0, 1), got {}"),
+}
+POSITIVE_INTS = ("iters", "batch_size", "crop_size", "val_iters", "log_every", "save_iters", "max_bad_steps",
+                 "decay_lr_freq", "adaptive_window", "val_size", "test_size")
+NON_NEGATIVE = ("num_workers", "adaptive_begin", "best_after", "keep_checkpoints", "train_size", "budget_integral",
+                "weight_decay")
+POSITIVE_NUMBERS = ("lr", "width_mult", "budget_gain", "budget_max_step")
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """Where a ``Config``'s values came from, returned by the parser beside it.
+
+    ``--resume`` may only change what the user did not set (a resumed run keeps its settings), and commands that
+    start from a checkpoint let only the flags given on the command line override the checkpoint's config; both
+    rules need to know which keys were given explicitly and which came from the ``--config`` preset.
+    """
+
+    explicit: frozenset[str] = frozenset()  # flags given on the command line
+    preset_file: str | None = None  # the --config YAML, if any
+    preset_keys: frozenset[str] = frozenset()  # keys that YAML sets
 
 
 def _one_of(flag: str, value: Any, allowed: tuple) -> None:

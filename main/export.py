@@ -20,13 +20,13 @@ import torch
 from torch import Tensor
 
 from .atomic import atomic_write_bytes
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .config import Config
+from .data import dataset_info
 from .errors import ArgumentParser, cli_main
 from .masks import prunable_weights
-from .models import MultiTaskModel, build_model
+from .models import MultiTaskModel, model_for
 from .run_dir import check_output_file
-from .runner import model_from_checkpoint
 
 FORMAT = "adapmtl-sparse-v1"
 
@@ -91,14 +91,11 @@ def load_export(path: str | Path) -> tuple[Config, dict[str, Tensor]]:
 
 def model_from_export(path: str | Path, device: torch.device, overrides: dict | None = None):
     """Rebuild a dense-storage model holding the exported effective weights."""
-    from .data import dataset_info
-
     cfg, state = load_export(path)
     for key, value in (overrides or {}).items():
         setattr(cfg, key, value)
     info = dataset_info(cfg)
-    model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, cfg.sInit_value, sparse=False,
-                        head_dropout=cfg.head_dropout)
+    model = model_for(cfg, info.task_channels, sparse=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("thresholds.") for k in missing):
         raise CheckpointError(f"{path} does not fit the model its config describes")

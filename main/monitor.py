@@ -14,13 +14,27 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-# Short component names of the reference's tags; unknown tasks use their own name.
-COMPONENT_TAGS = {"backbone": "Backbone", "segment_semantic": "Seg", "normal": "Nor", "depth_zbuffer": "Dep",
-                  "keypoints2d": "Key", "edge_texture": "Edge"}
+from .models import BACKBONE
+from .task_registry import TASKS
+
+BACKBONE_TAG = "Backbone"
+
+
+def component_tags() -> dict[str, str]:
+    """``{component: short name}`` of the reference's tags: the backbone, then every task (its ``TaskSpec.tag``).
+
+    Built from the registry on each call, so a task registered later gets its tag too; the order (backbone, then
+    registry order) fixes the order and colours of components in ``bench.plots``.
+    """
+    return {BACKBONE: BACKBONE_TAG, **{name: spec.tag for name, spec in TASKS.items()}}
 
 
 def component_tag(name: str) -> str:
-    return COMPONENT_TAGS.get(name, name)
+    """Short name of a component in the reference's tags (``sparsity/Seg``); unknown components keep their name."""
+    if name == BACKBONE:
+        return BACKBONE_TAG
+    spec = TASKS.get(name)
+    return name if spec is None else spec.tag
 
 
 def want_progress(mode: str) -> bool:

@@ -15,8 +15,17 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
+import torch
+
+from .distributed import all_reduce_mean
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .checkpoint_saver import SaveLatest
+    from .trainer import Trainer
+    from .training_log import StepResult
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -60,3 +69,41 @@ class StopSignals:
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+class Preemption:
+    """Training callback: after a step, stop on a noted signal, with the latest checkpoint written first.
+
+    Alone, the run stops as soon as a signal arrived.  Under torchrun the ranks agree at log intervals (one
+    all-reduce), so that all of them stop at the same iteration.  ``save_latest`` (the ``SaveLatest`` callback)
+    writes the checkpoint first, unless this step already wrote it.
+    """
+
+    def __init__(self, save_latest: SaveLatest) -> None:
+        self.signals = StopSignals()
+        self.save_latest = save_latest
+
+    def __enter__(self) -> Preemption:
+        self.signals.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.signals.__exit__(*exc)
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        signum = self._agreed_signal(trainer)
+        if signum is None or trainer.iteration >= trainer.cfg.iters:
+            return
+        if not self.save_latest.due(trainer):  # every rank decides alike (the save gathers every rank's RNG)
+            self.save_latest.save(trainer)
+        raise Preempted(f"stopped by {signal_name(signum)} after iteration {trainer.iteration}: checkpoint written "
+                        f"to {trainer.save_dir}; continue with the same command plus --resume", signum)
+
+    def _agreed_signal(self, trainer: Trainer) -> int | None:
+        if not trainer.dist.enabled:
+            return self.signals.signum
+        if trainer.iteration % trainer.cfg.log_every != 0:
+            return None
+        seen = torch.tensor([float(self.signals.signum or 0)], device=trainer.device)
+        agreed = float(all_reduce_mean(seen, trainer.dist))
+        return None if agreed == 0 else (self.signals.signum or int(signal.SIGTERM))

@@ -88,7 +88,7 @@ def check_run_dir(cfg: Config, create: bool = True, inputs: Mapping[str, str | N
     ``create=False`` only checks (nothing touches the disk), so every other user mistake can still be found
     before the run folder appears.  ``create=True`` also locks the folder for this process, removes orphan
     temporary files and, with ``--overwrite``, the previous run's files.  ``inputs`` (flag -> path; ``--reload``
-    and the ``--config`` preset are added from ``cfg``): files the command reads, which ``--overwrite`` must not
+    is added from ``cfg``): files the command reads, which ``--overwrite`` must not
     delete.
     """
     save_dir = Path(cfg.save_dir)
@@ -97,8 +97,7 @@ def check_run_dir(cfg: Config, create: bool = True, inputs: Mapping[str, str | N
                           "--overwrite to replace it, or choose another --save_dir")
     check_writable(save_dir, "--save_dir")
     if cfg.overwrite and not cfg.resume:
-        preset = getattr(cfg, "preset", (None, set()))[0]
-        named = {"--reload": cfg.reload, "--config": preset, **(inputs or {})}
+        named = {"--reload": cfg.reload, **(inputs or {})}
         for flag, source in named.items():
             if source and save_dir.is_dir() and Path(os.path.abspath(source)).is_relative_to(
                     Path(os.path.abspath(save_dir))):

@@ -155,8 +155,7 @@ def grouped_soft_threshold(convs: list[SoftThresholdConv2d], tau: Tensor) -> tup
     It applies when training on CPU with fp32 weights and a scalar tau, outside autocast's reach (``--amp`` keeps
     the threshold in fp32: autocast is switched off around it, as in ``soft_threshold``).
     """
-    if not (FUSED_CPU and GROUPED_CPU and convs and torch.is_grad_enabled() and tau.device.type == "cpu"
-            and tau.numel() == 1):
+    if not (convs and torch.is_grad_enabled() and tau.device.type == "cpu" and tau.numel() == 1):
         return None
     weights = [conv.weight for conv in convs]
     if any(w.device.type != "cpu" or w.dtype != torch.float32 for w in weights):
@@ -178,13 +177,14 @@ def _count_signs(sign: Tensor) -> Tensor:
     return torch.count_nonzero(sign != 0)
 
 
-# The fused CPU path (``_SoftShrink``) is on by default; tests switch it off to check the general one.
-FUSED_CPU = True
-# ... and taken one node per component (``_GroupSoftShrink``) by the model; off: one node per layer.
-GROUPED_CPU = True
+# How the soft threshold of CPU training is computed (``MultiTaskModel.set_threshold_kernel``): "grouped" (the
+# default) one fused ``_GroupSoftShrink`` node per component, "per_layer" one fused ``_SoftShrink`` per conv,
+# "general" the clamp form every device can run (what GPUs always take).  Evaluation is never fused.
+THRESHOLD_KERNELS = ("grouped", "per_layer", "general")
 
 
-def soft_threshold(weight: Tensor, tau: Tensor, count_into: SoftThresholdConv2d | None = None) -> Tensor:
+def soft_threshold(weight: Tensor, tau: Tensor, count_into: SoftThresholdConv2d | None = None,
+                   fused: bool = True) -> Tensor:
     """``sign(W)·relu(|W| − tau)``, computed as ``W − clamp(W, −tau, tau)``, in fp32 (fp64 stays fp64).
 
     Both forms give bit-identical values and the same gradients (1[|W| > tau] for W, −sign(W)·1[|W| > tau]
@@ -200,16 +200,17 @@ def soft_threshold(weight: Tensor, tau: Tensor, count_into: SoftThresholdConv2d 
 
     ``count_into`` (a conv) receives the number of kept weights in its ``last_nnz``: counted here from the result,
     or, on the fused CPU training path, by the backward (so it is there once ``backward()`` has run).
+    ``fused=False`` keeps CPU training on the general path (``THRESHOLD_KERNELS``).
     """
     if torch.is_autocast_enabled(weight.device.type):
         with torch.autocast(weight.device.type, enabled=False):
-            return soft_threshold(weight, tau, count_into)
+            return soft_threshold(weight, tau, count_into, fused)
     out_dtype = weight.dtype
     dtype = torch.promote_types(weight.dtype, torch.float32)
     weight, tau = weight.to(dtype), tau.to(dtype)
     if not (weight.requires_grad or tau.requires_grad) or not torch.is_grad_enabled():
         out = weight - torch.clamp(weight, -tau, tau)  # zeros are +0 here: exports and hashes see one bit pattern
-    elif FUSED_CPU and weight.device.type == "cpu" and tau.numel() == 1:
+    elif fused and weight.device.type == "cpu" and tau.numel() == 1:
         return _SoftShrink.apply(weight, tau, count_into).to(out_dtype)  # counted by the backward
     else:
         out = _SoftThreshold.apply(weight, -tau, tau)
@@ -238,6 +239,7 @@ class SoftThresholdConv2d(nn.Conv2d):
         # The effective weight for the next forward, when the model built its component's in one node
         # (``grouped_soft_threshold``); consumed by that forward, so a later call thresholds afresh.
         self.pending_weight: Tensor | None = None
+        self.fused_cpu = True  # False: the general soft-threshold path on CPU too (see THRESHOLD_KERNELS)
 
     def effective_weight(self, tau: Tensor | None = None) -> Tensor:
         tau = self.tau if tau is None else tau
@@ -253,7 +255,7 @@ class SoftThresholdConv2d(nn.Conv2d):
             self.last_nnz = None
         else:
             self.last_nnz = None  # never a count of an earlier forward
-            weight = soft_threshold(self.weight, self.tau, self if self.record_nnz else None)
+            weight = soft_threshold(self.weight, self.tau, self if self.record_nnz else None, self.fused_cpu)
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
@@ -349,6 +351,14 @@ class SparsityCounter:
         """True when every layer holds its count of the last forward (on the fused CPU training path they arrive
         with the backward, so a trainer reads them after ``backward()``)."""
         return all(conv.last_nnz is not None for _, _, conv in self.layers)
+
+    def step_counts(self, taus: dict[str, Tensor] | None) -> Tensor | None:
+        """A training step's counts right after its forward: counted with ``taus`` when the forward thresholded
+        nothing (``taus`` given), read off the forward's records when it did, or None when they only arrive with
+        the backward (the fused CPU path; ``forward_counts`` reads them then)."""
+        if taus is not None:
+            return self.count(taus)
+        return self.forward_counts() if self.counts_ready() else None
 
     def forward_counts(self) -> Tensor:
         """``count(taus)`` for the taus of the forward just run, read off the counts it (or its backward) recorded.

@@ -86,3 +86,85 @@ class BudgetController:
         self.initial = state.get("initial")
         integral = state.get("integral")
         self.integral = None if integral is None else integral.to(device)
+
+
+BUDGET_TOLERANCE = 0.01  # budget control: a checkpoint within 1 pp of --ratio counts as on target
+
+
+class StopRule:
+    """``--sparsity_control stop`` (the reference): while overall sparsity >= ``--ratio`` the thresholds skip the
+    optimiser step (Adam ignores a None gradient); the weights keep training."""
+
+    def __init__(self, ratio: float) -> None:
+        self.ratio = ratio
+        self.frozen = 0  # steps whose thresholds were frozen since the last log interval
+
+    def before_optimizer_step(self, thresholds: nn.ParameterDict, reached: bool) -> None:
+        if reached:
+            for s in thresholds.values():
+                s.grad = None
+            self.frozen += 1
+
+    def after_optimizer_step(self, thresholds: nn.ParameterDict, counts: Tensor | None, iteration: int) -> None:
+        """Nothing: the stop rule acts before the step only."""
+
+    def may_be_best(self, overall: float, iteration: int) -> bool:
+        """Only a model at or above the target sparsity can be the best checkpoint."""
+        return overall >= self.ratio
+
+    def scalars(self, iteration: int, steps: int) -> dict[str, float]:
+        """TensorBoard scalars of the interval just ended (``steps`` optimiser steps); restarts the interval."""
+        out = {"sparsity/target": self.ratio, "sparsity/frozen_fraction": self.frozen / steps}
+        self.frozen = 0
+        return out
+
+    def state_dict(self) -> None:
+        return None
+
+    def load_state_dict(self, state: dict | None, device: torch.device | None = None) -> None:
+        """Nothing to restore: the rule is a function of the current sparsity."""
+
+
+class BudgetControl(StopRule):
+    """``--sparsity_control budget``: the thresholds always train; ``BudgetController`` shifts them after the step."""
+
+    def __init__(self, ratio: float, controller: BudgetController) -> None:
+        super().__init__(ratio)
+        self.controller = controller
+
+    def before_optimizer_step(self, thresholds: nn.ParameterDict, reached: bool) -> None:
+        """Nothing: under budget control the thresholds are never frozen."""
+
+    def after_optimizer_step(self, thresholds: nn.ParameterDict, counts: Tensor | None, iteration: int) -> None:
+        if counts is not None:
+            self.controller.step(thresholds, counts, iteration)
+
+    def may_be_best(self, overall: float, iteration: int) -> bool:
+        """The ramp is over and the sparsity is within ``BUDGET_TOLERANCE`` of the target."""
+        return iteration >= self.controller.ramp_iters and abs(overall - self.ratio) <= BUDGET_TOLERANCE
+
+    def scalars(self, iteration: int, steps: int) -> dict[str, float]:
+        out = {"sparsity/target": self.ratio, "sparsity/budget_target": self.controller.target(iteration),
+               "sparsity/frozen_fraction": 0.0}
+        self.frozen = 0
+        return out
+
+    def state_dict(self) -> dict:
+        return self.controller.state_dict()
+
+    def load_state_dict(self, state: dict | None, device: torch.device | None = None) -> None:
+        self.controller.load_state_dict(state, device)
+
+
+def build_sparsity_control(cfg, total: int) -> StopRule | None:
+    """The run's control of its thresholds (``--sparsity_control``), or None for a dense run.
+
+    ``total``: the number of thresholded weights (what the budget's sparsity is a fraction of).
+    """
+    if cfg.dense:
+        return None
+    if cfg.sparsity_control == "budget":
+        return BudgetControl(cfg.ratio, BudgetController(cfg.ratio, cfg.iters, cfg.budget_ramp, cfg.budget_gain,
+                                                         cfg.budget_max_step, total, cfg.budget_integral,
+                                                         cfg.budget_mode))
+    return StopRule(cfg.ratio)

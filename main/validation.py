@@ -1,54 +1,95 @@
-"""One evaluation pass (validation during training, test.py afterwards): losses and metrics, no gradients."""
+"""Validation during training and the choice of the best checkpoint (``--select_by``).
+
+``Validation`` is the training callback that evaluates the model on the validation split every ``--val_iters``
+iterations (and at the end), writes the results to TensorBoard and the log, and saves ``best_<tasks>.model`` when
+the selection value improves.  A sparse model can only be "best" once its sparsity control says it is on target
+(``may_be_best``), so the best checkpoint of an AdapMTL run is never a half-pruned one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor, nn
+from .config import Config, ConfigError
+from .distributed import barrier
+from .evaluate import evaluate
+from .monitor import progress
+from .scores import NYUV2_REFERENCE_SCORES, selection_score
 
-from .precision import autocast, predictions_fp32, to_channels_last
-from .tasks import TaskMetrics, task_loss
+if TYPE_CHECKING:
+    from .trainer import Trainer
+    from .training_log import StepResult
+
+Directions = dict[str, dict[str, int]]
 
 
-def to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v for k, v in batch.items()}
+def parse_metric_selector(select_by: str, directions: Directions) -> tuple[str, str]:
+    """``metric:<task>/<metric>`` -> (task, metric), checked against the run's metrics."""
+    task, _, metric = select_by[len("metric:"):].partition("/")
+    if task not in directions or metric not in directions[task]:
+        known = ", ".join(f"metric:{t}/{m}" for t, ms in directions.items() for m in ms)
+        raise ConfigError(f"--select_by {select_by}: this run has no such metric; choose one of: {known}")
+    return task, metric
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Tensor]], tasks: tuple[str, ...],
-             metrics: TaskMetrics, device: torch.device, class_weights: Tensor | None = None, *,
-             amp: str = "off", channels_last: bool = False, loss_mean: str = "sample") -> dict:
-    """Mean per-task loss (sample-weighted) and the metric set over all ``batches``.
+def selection_rule(cfg: Config, tasks: tuple[str, ...], directions: Directions) -> Callable[[dict], float]:
+    """``--select_by`` as a function of a validation result, higher is better: one validation metric (signed by
+    its direction: S004 picks by Pixel Acc), the reference test score, or minus the mean validation loss.  Parsed
+    once per run, so a bad selector fails before training."""
+    if cfg.select_by.startswith("metric:"):
+        task, metric = parse_metric_selector(cfg.select_by, directions)
+        sign = directions[task][metric]
+        return lambda result: sign * result["metrics"][task][metric]
+    if cfg.select_by == "score":
+        refs = NYUV2_REFERENCE_SCORES[cfg.architecture]
+        priority = dict(zip(tasks, cfg.priority)) if cfg.priority else None  # as the reference
+        return lambda result: selection_score(result["metrics"], refs, directions, task_priority=priority)
+    return lambda result: -sum(result["losses"].values()) / len(result["losses"])
 
-    The model is put in eval mode and restored afterwards; nothing here builds an autograd graph.  ``amp`` and
-    ``channels_last`` are the run's ``--amp`` / ``--channels_last`` (the model is expected to be converted
-    already): the forward runs under the same autocast as training, losses and metrics on fp32 predictions.
-    ``loss_mean="batch"``: the plain mean of the per-batch losses (the reference's; a smaller last batch then
-    counts as much as a full one) instead of the mean over samples.
-    """
-    was_training = model.training
-    model.eval()
-    metrics.reset()
-    loss_sums = torch.zeros(len(tasks), device=device, dtype=torch.float64)
-    samples = 0
-    n_batches = 0
-    try:
-        for batch in batches:
-            batch = to_device(batch, device)
-            with autocast(amp, device):
-                preds = model(to_channels_last(batch["input"], channels_last))
-            preds = predictions_fp32(preds)
-            n = batch["input"].shape[0]
-            weight = n if loss_mean == "sample" else 1
-            loss_sums += torch.stack([task_loss(t, preds[t], batch, class_weights) for t in tasks]).double() * weight
-            samples += n
-            n_batches += 1
-            metrics.update(preds, batch)
-    finally:
-        model.train(was_training)
-    if samples == 0:
-        raise ValueError("the evaluation split is empty")
-    losses = (loss_sums / (samples if loss_mean == "sample" else n_batches)).tolist()
-    return {"losses": dict(zip(tasks, losses)), "metrics": metrics.compute()}
+
+class Validation:
+    """Training callback: validate every ``--val_iters`` iterations and at the end; keep the best checkpoint."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.select = selection_rule(trainer.cfg, trainer.tasks, trainer.directions)
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        if trainer.iteration % trainer.cfg.val_iters == 0 or trainer.iteration == trainer.cfg.iters:
+            if trainer.is_main:  # parameters are identical on every rank: one evaluation suffices
+                self.validate(trainer)
+            barrier(trainer.dist)
+
+    def validate(self, trainer: Trainer) -> dict:
+        cfg = trainer.cfg
+        batches = progress(trainer.val_loader(), desc="val", enabled=trainer.show_progress, leave=False)
+        result = evaluate(trainer.model, batches, trainer.tasks, trainer.metrics, trainer.device,
+                          trainer.class_weights, amp=cfg.amp, channels_last=cfg.channels_last,
+                          loss_mean=cfg.val_loss_mean)
+        step = trainer.iteration
+        score = self.select(result)
+        overall = trainer.sparsity_report().overall
+        self._log(trainer, result, score, overall)
+        control = trainer.control
+        eligible = step > cfg.best_after and (control is None or control.may_be_best(overall, step))
+        if eligible and (trainer.best is None or score > trainer.best["score"]):
+            trainer.best = {"score": score, "iter": step, "sparsity": overall, "select_by": cfg.select_by}
+            if trainer.is_main:
+                trainer.save(best=True)
+        return result
+
+    @staticmethod
+    def _log(trainer: Trainer, result: dict, score: float, overall: float) -> None:
+        if not trainer.is_main:
+            return
+        step, writer = trainer.iteration, trainer.writer
+        for t, v in result["losses"].items():
+            writer.scalar(f"Loss/val/{t}", v, step)
+        for t, ms in result["metrics"].items():
+            for m, v in ms.items():
+                writer.scalar(f"Metric/{t}/{m}", v, step)
+        writer.scalar("Loss/avg_score", score, step)
+        writer.flush()
+        metrics_txt = "; ".join(f"{t}: " + ", ".join(f"{m} {v:.4f}" for m, v in ms.items())
+                                for t, ms in result["metrics"].items())
+        trainer.log.info(f"[Iter {step}] val {metrics_txt} | selection {score:.4f} | sparsity {100 * overall:.2f}%")

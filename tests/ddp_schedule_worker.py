@@ -20,10 +20,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from main.distributed import cleanup, init_distributed  # noqa: E402
-from main.trainer import Trainer  # noqa: E402
+from main.distributed import cleanup, init_distributed
+from main.trainer import Trainer
 
 
 def run_command(out: Path, command: str, flags: list[str]) -> None:

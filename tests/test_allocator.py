@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = "from main.runner import resolve_device; import main.allocator as a; resolve_device('cpu'); print(a._applied)"
+CODE = "from main.device import resolve_device; import main.allocator as a; resolve_device('cpu'); print(a._applied)"
 
 
 def applied(**env: str) -> str:

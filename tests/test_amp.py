@@ -18,8 +18,8 @@ import json
 import pytest
 import torch
 
-import baseline
-import test as test_script
+import main.cli.test as test_script
+import main.cli.train as baseline
 from main.checkpoint import load_checkpoint
 from main.config import Config
 from main.data import build_dataset, dataset_info

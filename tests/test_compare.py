@@ -8,9 +8,9 @@ import pytest
 
 from bench import compare
 from main.errors import UserError
-from main.tasks import METRIC_DIRECTIONS
+from main.tasks import metric_directions
 
-DIRS = METRIC_DIRECTIONS["nyuv2"]
+DIRS = metric_directions("nyuv2")
 R34 = ["--architectures", "resnet34"]
 
 
@@ -152,7 +152,7 @@ def _fakes(monkeypatch, tmp_path, score_of):
             lr_of[save] = (cmd[cmd.index("--lr") + 1] if "--lr" in cmd else "none", list(cmd))
             compare.Path(save).mkdir(parents=True, exist_ok=True)
             (compare.Path(save) / compare.CKPT).write_text("x")
-        return 1.0
+        return compare.Elapsed(1.0, 1.0)
 
     def fake_evaluate(checkpoint, out_json, split, log, label, extra, threads=None):
         score, sparsity = score_of(*lr_of[str(checkpoint.parent)])
@@ -160,7 +160,7 @@ def _fakes(monkeypatch, tmp_path, score_of):
         out_json.write_text(json.dumps(fake_result(score, split, sparsity)))
 
     monkeypatch.setattr(compare, "run_commands", fake_run)
-    monkeypatch.setattr(compare, "evaluate", fake_evaluate)
+    monkeypatch.setattr(compare, "run_test_py", fake_evaluate)
     monkeypatch.setattr(bench.compare_report, "write_report", lambda plan, lrs, wall: tmp_path / "report.md")
     return trained, lr_of
 
@@ -315,7 +315,7 @@ def test_jobs_run_cells_side_by_side_with_their_share_of_the_cores(tmp_path, mon
                 raise UserError("command failed (exit 1): a broken cell")
         with lock:
             active[0] -= 1
-        return 1.0
+        return compare.Elapsed(1.0, 1.0)
 
     def fake_evaluate(checkpoint, out_json, split, log, label, extra, threads=None):
         out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -323,7 +323,7 @@ def test_jobs_run_cells_side_by_side_with_their_share_of_the_cores(tmp_path, mon
 
     fail = [False]
     monkeypatch.setattr(compare, "run_commands", fake_run)
-    monkeypatch.setattr(compare, "evaluate", fake_evaluate)
+    monkeypatch.setattr(compare, "run_test_py", fake_evaluate)
     monkeypatch.setattr(bench.compare_report, "write_report", lambda plan, lrs, wall: tmp_path / "report.md")
     monkeypatch.setattr(compare.os, "cpu_count", lambda: 4)
     args = ["--methods", "snip", "lth", "--seeds", "2", "--grid_lr", "1e-3", "--out", str(tmp_path / "out"),
@@ -348,3 +348,13 @@ def test_job_layout_defaults():
     assert compare.job_layout(compare.parse(["--extra", "--device", "cuda"]))[0] == 1
     jobs, threads = compare.job_layout(compare.parse([]))
     assert jobs == min(compare.os.cpu_count() or 1, 8) and (threads is None) == (jobs == 1)
+
+
+def test_run_commands_measures_the_commands_cpu_time(tmp_path):
+    """CPU time (the budget measure) is the children's own: a busy command has it, a sleeping one hardly any."""
+    busy = compare.run_commands([["-c", "s = 0\nfor i in range(3_000_000): s += i"]], tmp_path / "busy.log")
+    idle = compare.run_commands([["-c", "import time; time.sleep(0.5)"]], tmp_path / "idle.log")
+    assert busy.cpu > 0.05 and busy.wall >= busy.cpu * 0.5
+    assert idle.wall >= 0.5 and idle.cpu < idle.wall / 2
+    with pytest.raises(compare.UserError, match="exit 3"):
+        compare.run_commands([["-c", "raise SystemExit(3)"]], tmp_path / "fail.log")

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import baseline
+import main.cli.train as baseline
 import main.trainer as trainer_module
 from main.checkpoint import load_checkpoint
-from main.trainer import TrainingDiverged
+from main.checkpoint_saver import TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = "segment_semantic_normal_depth_zbuffer.model"

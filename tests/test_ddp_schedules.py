@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import baseline
+import main.cli.train as baseline
 from main.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,9 +164,10 @@ def test_structured_scores_reduced_over_ranks_are_the_global_batch_scores(method
     batch's gradient is exactly the mean of the two halves' gradients.  The mean of per-rank *scores* (cosines of
     half-batch gradients, squares of half-batch Taylor sums) is a different statistic, which the ranking must not use.
     """
+    from main.channel_masks import ChannelMasks
     from main.data.synthetic import SyntheticScenes
     from main.models import build_model
-    from SOTA_methods.structured import ChannelMasks, batch_scores
+    from SOTA_methods.structured import batch_scores
 
     tasks = ("segment_semantic", "normal", "depth_zbuffer")
     torch.manual_seed(0)

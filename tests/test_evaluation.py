@@ -1,11 +1,13 @@
-"""Δ_T, the reference selection score and the result table of main.evaluation."""
+"""Δ_T, the reference selection score and the result table of main.scores."""
 
 from __future__ import annotations
 
 import pytest
 
-from main.evaluation import NYUV2_REFERENCE_SCORES, delta_t, format_table, selection_score
-from main.tasks import DEPTH, NORMAL, SEG, metric_directions
+from main.scores import NYUV2_REFERENCE_SCORES, delta_t, selection_score
+from main.tables import format_table
+from main.task_registry import DEPTH, NORMAL, SEG
+from main.tasks import metric_directions
 
 NYU_TASKS = [SEG, NORMAL, DEPTH]
 DIRS = metric_directions("nyuv2", NYU_TASKS)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from test_user_errors import SMALL, fails
 
-import baseline
-import test as test_script
+import main.cli.test as test_script
+import main.cli.train as baseline
 from main import export
 from main.atomic import atomic_write_text
 from main.checkpoint import atomic_save, load_checkpoint
@@ -182,7 +182,7 @@ def test_resume_refuses_preset_changes_pruning_folders_and_says_why_tasks_differ
           "lr")
     fails(baseline, ["--save_dir", run, "--resume", "--tasks", "normal", "depth_zbuffer"], tmp_path, capsys,
           "--tasks normal depth_zbuffer differs", "drop --tasks")
-    import pruning
+    import SOTA_methods.cli as pruning
 
     pruned = tmp_path / "pruned"
     assert pruning.main(["--load_checkpoint", str(run / CKPT), "--method", "magnitude", "--prune_ratio", "0.5",
@@ -193,7 +193,7 @@ def test_resume_refuses_preset_changes_pruning_folders_and_says_why_tasks_differ
 def test_wrong_kinds_of_files_and_inconsistent_inputs_are_one_line(trained, tmp_path, capsys):
     import json
 
-    import pruning
+    import SOTA_methods.cli as pruning
 
     ckpt = trained / CKPT
     fails(baseline, [*SMALL, "--config", ckpt, "--save_dir", tmp_path / "x"], tmp_path, capsys, "--config",
@@ -271,7 +271,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypat
 def test_overwrite_never_deletes_an_input_of_the_command(trained, tmp_path, capsys):
     import shutil
 
-    import pruning
+    import SOTA_methods.cli as pruning
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)

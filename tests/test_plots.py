@@ -29,7 +29,7 @@ needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is 
 
 
 def interval(step: int, offset: float = 0.0, sparse: bool = True) -> dict[str, float]:
-    """The scalars main/trainer.py `_log_interval` writes, for two components (backbone, Seg) and two tasks."""
+    """The scalars main/training_log.py `TrainingLog` writes, for two components (backbone, Seg) and two tasks."""
     s = {"sparsity/Backbone": 10.0 * step + offset, "sparsity/Seg": 5.0 * step + offset,
          "sparsity/overall_sparsity": (8.0 * step + offset) / 100, "LR/segment_semantic/weights": 1.0 + offset,
          "LR/normal/weights": 1.0 - offset, "Loss/train/segment_semantic": 2.0 / step, "LR": 1e-3}
@@ -163,7 +163,7 @@ def test_cli_folder_without_events_is_one_line_and_exit_2(tmp_path):
 
 @needs_matplotlib
 def test_cli_on_a_real_tiny_training_run(tmp_path, tiny_flags):
-    import baseline
+    import main.cli.train as baseline
 
     spec = importlib.util.spec_from_file_location("plot_tensorboard", SCRIPT)
     cli = importlib.util.module_from_spec(spec)

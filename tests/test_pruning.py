@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-import baseline
-import finetune
-import pruning
+import main.cli.finetune as finetune
+import main.cli.train as baseline
+import SOTA_methods.cli as pruning
 from main.checkpoint import load_checkpoint
 from main.masks import MaskSet
 from main.models import build_model

@@ -14,8 +14,8 @@ import torch
 from fixtures_datasets import make_nyuv2, make_taskonomy
 from PIL import Image
 
-import baseline
-import test as test_script
+import main.cli.test as test_script
+import main.cli.train as baseline
 from main.config import Config, ConfigError
 from main.data import DatasetError, build_dataset, dataset_info
 from main.data import check as data_check
@@ -255,7 +255,7 @@ def test_skip_bad_replaces_and_counts(tmp_path):
 
 def _cfg(dataset: str, root: Path, **kw) -> Config:
     tasks = list(TASKONOMY_TASKS) if dataset == "taskonomy" else ["segment_semantic", "normal", "depth_zbuffer"]
-    return Config(dataset=dataset, data_root=str(root), tasks=tasks, crop_size=33, **kw).validate()
+    return Config(dataset=dataset, data_root=str(root), tasks=tasks, crop_size=33, **kw).check()
 
 
 def test_config_wiring(nyu):
@@ -265,11 +265,11 @@ def test_config_wiring(nyu):
     assert len(build_dataset(_cfg("nyuv2", root), "val")) == 2  # val = the test split
     assert build_dataset(_cfg("nyuv2", root, normals="unit"), "test").normals == "unit"
     with pytest.raises(ConfigError, match="segment_semantic, normal, depth_zbuffer"):
-        dataset_info(Config(dataset="nyuv2", data_root=str(root), tasks=["keypoints2d"]).validate())
+        dataset_info(Config(dataset="nyuv2", data_root=str(root), tasks=["keypoints2d"]).check())
     with pytest.raises(ConfigError, match="--normals"):
-        Config(normals="bogus").validate()
+        Config(normals="bogus").check()
     with pytest.raises(DatasetError, match="nope"):
-        build_dataset(Config(dataset="nyuv2", data_root=str(root / "nope")).validate(), "train")
+        build_dataset(Config(dataset="nyuv2", data_root=str(root / "nope")).check(), "train")
 
 
 # ---------------------------------------------------------------------------------------- check tool

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from main.evaluation import selection_score
+from main.evaluate import evaluate
+from main.scores import selection_score
 from main.tasks import metric_directions
-from main.validation import evaluate
 from main.weighting import AdaptiveWeighting
 
 
@@ -74,19 +74,17 @@ def test_selection_score_weights_tasks_by_priority():
 
 
 def test_the_trainers_reference_score_uses_the_task_priority():
-    from types import SimpleNamespace
 
     from main.config import Config
-    from main.evaluation import NYUV2_REFERENCE_SCORES
-    from main.trainer import Trainer
+    from main.scores import NYUV2_REFERENCE_SCORES
+    from main.validation import selection_rule
 
     tasks = ("segment_semantic", "normal", "depth_zbuffer")
     refs = NYUV2_REFERENCE_SCORES["resnet34"]
     better_seg = {**refs, "segment_semantic": {k: v * 1.1 for k, v in refs["segment_semantic"].items()}}
 
     def value(priority):
-        me = SimpleNamespace(cfg=Config(select_by="score", priority=priority), tasks=tasks,
-                             directions=metric_directions("nyuv2", tasks))
-        return Trainer.selection_value(me, {"metrics": better_seg})
+        rule = selection_rule(Config(select_by="score", priority=priority), tasks, metric_directions("nyuv2", tasks))
+        return rule({"metrics": better_seg})
 
     assert value([3.0, 1.0, 1.0]) > value(None) == value([1.0, 1.0, 1.0])

@@ -8,13 +8,14 @@ import math
 import pytest
 import torch
 
-import baseline
+import main.cli.train as baseline
 from main.checkpoint import load_checkpoint
 from main.masks import MaskSet
 from main.models import BACKBONE, build_model
 from main.trainer import Trainer
 from SOTA_methods import at_init, disparse, imp, lth
-from SOTA_methods.runs import magnitude_keep, round_sparsities
+from SOTA_methods.engine import magnitude_keep
+from SOTA_methods.stages import round_sparsities
 
 CKPT = "segment_semantic_normal_depth_zbuffer.model"
 TASKS = ("segment_semantic", "normal", "depth_zbuffer")

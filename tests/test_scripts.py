@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import baseline
+import main.cli.train as baseline
 from main.models import build_model
-from main.runner import seed_everything
+from main.seeding import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHON": sys.executable}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-import baseline
-import main.trainer as trainer_module
+import main.cli.train as baseline
+import main.validation as validation_module
 from main.checkpoint import load_checkpoint
 from main.tasks import metric_directions
 
@@ -30,7 +30,7 @@ def fake_results(pixel_acc, angle_mean, loss):
 @pytest.mark.parametrize("select_by, best_iter", [("metric:segment_semantic/Pixel Acc", 2),
                                                    ("metric:normal/Angle Mean", 3), ("loss", 4)])
 def test_best_checkpoint_by_a_metric_in_its_direction(tmp_path, tiny_flags, monkeypatch, select_by, best_iter):
-    monkeypatch.setattr(trainer_module, "evaluate", fake_results([0.3, 0.7, 0.5, 0.6], [30.0, 35.0, 22.0, 28.0],
+    monkeypatch.setattr(validation_module, "evaluate", fake_results([0.3, 0.7, 0.5, 0.6], [30.0, 35.0, 22.0, 28.0],
                                                                  [4.0, 3.0, 2.0, 1.0]))
     run = tmp_path / "run"
     assert baseline.main(tiny_flags + ["--dense", "--iters", "4", "--val_iters", "1", "--best_after", "0",

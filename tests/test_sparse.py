@@ -62,19 +62,16 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.detach().reshape(-1).view(torch.int32)
 
 
-PATHS = {"general": (False, False), "per_layer": (True, False), "grouped": (True, True)}  # FUSED_CPU, GROUPED_CPU
+PATHS = ("general", "per_layer", "grouped")  # main.sparse.THRESHOLD_KERNELS
 
 
-def _use_path(monkeypatch, path: str) -> bool:
-    import main.sparse as sparse_mod
-
-    fused, grouped = PATHS[path]
-    monkeypatch.setattr(sparse_mod, "FUSED_CPU", fused)
-    monkeypatch.setattr(sparse_mod, "GROUPED_CPU", grouped)
-    return fused
+def _use_path(model, path: str) -> bool:
+    """Put ``model`` on one CPU soft-threshold kernel; True if that kernel is a fused one."""
+    model.set_threshold_kernel(path)
+    return path != "general"
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", PATHS)
 def test_hand_written_backward_matches_autograd_on_a_whole_model(monkeypatch, path):
     """The custom soft-threshold backwards (speed fixes) against autograd's clamp.
 
@@ -96,21 +93,22 @@ def test_hand_written_backward_matches_autograd_on_a_whole_model(monkeypatch, pa
             conv.weight.view(-1)[:4] = model.taus()["backbone"]
             conv.weight.view(-1)[4:8] = 0.0
 
-    fused = _use_path(monkeypatch, path)
+    fused = path != "general"
     outputs = {}
 
     def grads(reference: bool) -> dict[str, torch.Tensor]:
         m = copy.deepcopy(model)
         if reference:  # autograd's clamp, layer by layer (no grouped node)
-            monkeypatch.setattr(sparse_mod, "FUSED_CPU", False)
+            m.set_threshold_kernel("general")
             monkeypatch.setattr(sparse_mod, "soft_threshold",
-                                lambda w, t, _=None: w - torch.clamp(w, -t.to(w.dtype), t.to(w.dtype)))
+                                lambda w, t, _=None, fused=True: w - torch.clamp(w, -t.to(w.dtype), t.to(w.dtype)))
+        else:
+            _use_path(m, path)
         torch.manual_seed(1)
         out = m(x)
         outputs[reference] = out
         sum(v.square().mean() for v in out.values()).backward()
         monkeypatch.setattr(sparse_mod, "soft_threshold", soft_threshold)
-        _use_path(monkeypatch, path)
         return {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
 
     ref, new = grads(True), grads(False)
@@ -124,14 +122,14 @@ def test_hand_written_backward_matches_autograd_on_a_whole_model(monkeypatch, pa
         assert torch.equal(_bits(ref[name]), _bits(new[name])), name
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", PATHS)
 def test_forward_counts_equal_the_tau_count_and_are_never_stale(monkeypatch, path):
     """Counted by the forward (general path) or by its backward (fused CPU paths): the same exact numbers."""
     from main.models import build_model
 
-    fused = _use_path(monkeypatch, path)
     torch.manual_seed(0)
     model = build_model("resnet34", {"segment_semantic": 5}, 0.0625, -4.0).train()
+    fused = _use_path(model, path)
     counter = SparsityCounter(model.components())
     counter.record_forward_counts(True)
     out = model(torch.randn(2, 3, 32, 32))
@@ -153,9 +151,9 @@ def test_grouped_effective_weights_serve_only_the_forward_that_built_them(monkey
     none is left behind, so a conv called on its own after an optimiser step thresholds its updated weight."""
     from main.models import build_model
 
-    _use_path(monkeypatch, "grouped")
     torch.manual_seed(0)
     model = build_model("resnet34", {"segment_semantic": 5}, 0.0625, -4.0).train()
+    _use_path(model, "grouped")
     x = torch.randn(2, 3, 32, 32)
     model(x)["segment_semantic"].sum().backward()
     convs = [c for cs in model._component_convs.values() for c in cs]
@@ -180,7 +178,7 @@ def test_grouped_effective_weights_serve_only_the_forward_that_built_them(monkey
 
 
 def test_conv_flops_count_dense_and_nonzero_macs():
-    from main.evaluate_checkpoint import conv_flops
+    from main.evaluate import conv_flops
     from main.models import build_model
 
     torch.manual_seed(0)

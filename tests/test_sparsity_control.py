@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-import baseline
-import test as test_script
+import main.cli.test as test_script
+import main.cli.train as baseline
 from main.checkpoint import load_checkpoint
 from main.config import Config, ConfigError
 from main.models import build_model
@@ -107,4 +107,4 @@ def test_bad_control_options_are_refused(key, value):
     cfg = Config()
     setattr(cfg, key, value)
     with pytest.raises(ConfigError, match=key):
-        cfg.validate()
+        cfg.check()

@@ -33,10 +33,10 @@ def test_stream_sampler_never_repeats_a_scene_resumes_exactly_and_depends_on_the
 
 def test_train_size_zero_builds_an_uncached_stream_and_other_splits_stay_finite():
     cfg = Config(train_size=0, crop_size=16)
-    cfg.validate()
+    cfg.check()
     train = build_dataset(cfg, "train")
     assert train.stream and len(train) == STREAM_LENGTH and train.cache is None
     assert train[123_456_789, 5]["input"].shape == (3, 16, 16)
     assert not build_dataset(cfg, "test").stream and len(build_dataset(cfg, "test")) == cfg.test_size
     with pytest.raises(ConfigError, match="train_size"):
-        Config(train_size=-1).validate()
+        Config(train_size=-1).check()

@@ -7,18 +7,17 @@ import json
 import pytest
 import torch
 
-import baseline
-import finetune
-import pruning
+import main.cli.finetune as finetune
+import main.cli.train as baseline
+import SOTA_methods.cli as pruning
+from main.channel_masks import ChannelMasks, filter_units
 from main.checkpoint import load_checkpoint
 from main.masks import MaskSet
 from main.models import build_model
 from SOTA_methods import compact, structured_train
 from SOTA_methods.compact import compact_model, count_flops, count_params, rebuild_compact
 from SOTA_methods.structured import (
-    ChannelMasks,
     accumulate_scores,
-    filter_units,
     prune_structured,
     select_lowest,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,18 +10,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from main.tasks import (
+from main.config import DATASETS, Config, ConfigError, load_yaml
+from main.data import DatasetInfo, dataset_tasks
+from main.errors import UserError
+from main.monitor import component_tag, component_tags
+from main.task_losses import l1_ignore_loss
+from main.task_metrics import l1_accumulator
+from main.task_registry import (
+    DEFAULT_TASKS,
     DEPTH,
     EDGES,
     KEYPOINTS,
     NORMAL,
     SEG,
-    TASK_CHANNELS_FIXED,
-    TaskMetrics,
-    metric_directions,
-    task_channels,
-    task_loss,
+    STYLES,
+    TASKS,
+    Metric,
+    TaskSpec,
+    UnknownTaskError,
+    known_tasks,
+    register_task,
+    task_spec,
 )
+from main.tasks import TaskMetrics, metric_directions, task_channels, task_loss
 
 LN2, LN43 = math.log(2.0), math.log(4.0 / 3.0)
 
@@ -49,8 +61,9 @@ def at_angle(deg: float, scale: float = 1.0) -> list[float]:
 
 
 def test_task_channels():
-    assert TASK_CHANNELS_FIXED == {"normal": 3, "depth_zbuffer": 1, "keypoints2d": 1, "edge_texture": 1}
-    assert task_channels(SEG, 40) == 40 and task_channels(NORMAL, 40) == 3
+    fixed = {t: task_channels(t, 40) for t in (NORMAL, DEPTH, KEYPOINTS, EDGES)}
+    assert fixed == {"normal": 3, "depth_zbuffer": 1, "keypoints2d": 1, "edge_texture": 1}
+    assert task_channels(SEG, 40) == 40 and task_channels(SEG, 13) == 13
     with pytest.raises(ValueError, match="unknown task"):
         task_channels("albedo", 3)
 
@@ -131,7 +144,7 @@ def test_all_invalid_batch_gives_zero_with_graph(task):
     elif task == DEPTH:
         gt = torch.zeros(2, 1, 6, 6)
     else:
-        gt = torch.full((2, TASK_CHANNELS_FIXED[task], 6, 6), 255.0)
+        gt = torch.full((2, task_channels(task, 1), 6, 6), 255.0)
     loss = task_loss(task, pred, {task: gt})
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
@@ -439,3 +452,144 @@ def test_parity_metrics_match_straightforward_oracle():
     for task, values in want.items():
         for name, value in values.items():
             assert got[task][name] == pytest.approx(value, abs=2e-4), (task, name)
+
+
+# ------------------------------------------------------------------------------------------ the task registry
+# Every per-task fact is declared once in main.task_registry; these tests check each spec is complete, that an
+# unknown name fails clearly everywhere, and that every consumer reads the registry (and so agrees with it).
+
+ALL_TASKS = (SEG, NORMAL, DEPTH, KEYPOINTS, EDGES)
+
+
+def test_registry_holds_the_five_reference_tasks_in_order():
+    assert known_tasks() == tuple(TASKS) == ALL_TASKS
+    assert DEFAULT_TASKS == (SEG, NORMAL, DEPTH)
+    assert [task_spec(t).name for t in ALL_TASKS] == list(ALL_TASKS)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: task_spec("albedo"),
+    lambda: task_channels("albedo", 3),
+    lambda: task_loss("albedo", torch.zeros(1, 1, 2, 2), {"albedo": torch.zeros(1, 1, 2, 2)}),
+    lambda: TaskMetrics([SEG, "albedo"], 3),
+    lambda: metric_directions("nyuv2", [SEG, "albedo"]),
+])
+def test_unknown_task_is_one_clear_user_error(call):
+    with pytest.raises(UnknownTaskError) as err:
+        call()
+    assert isinstance(err.value, UserError) and isinstance(err.value, ValueError)  # exit 2, one line in the CLIs
+    assert str(err.value) == f"unknown task 'albedo'; expected one of {', '.join(ALL_TASKS)}"
+
+
+def test_config_rejects_an_unknown_task_with_the_registry_choices():
+    with pytest.raises(ConfigError, match="--tasks 'albedo' is not known; choose one of: " + ", ".join(ALL_TASKS)):
+        Config(tasks=["albedo"]).check()
+    assert Config().tasks == list(DEFAULT_TASKS)
+    Config(tasks=list(ALL_TASKS)).check()
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_every_task_declares_loss_metrics_directions_tag_and_datasets(task):
+    spec = task_spec(task)
+    assert callable(spec.loss) and callable(spec.accumulator)
+    assert spec.tag and spec.label and spec.selection_weight > 0
+    assert spec.datasets and set(spec.datasets) <= set(DATASETS)
+    assert spec.channels is None or spec.channels > 0
+    for style in STYLES:
+        metrics = spec.metrics[style]
+        assert metrics and all(m.direction in (1, -1) and m.label and m.scale > 0 for m in metrics)
+        assert len({m.name for m in metrics}) == len(metrics)
+        assert spec.directions(style) == {m.name: m.direction for m in metrics}
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_accumulators_report_exactly_the_declared_metrics_in_order(style):
+    preds, batch = random_batch(3, 5)
+    m = TaskMetrics(ALL_TASKS, 5, style=style)
+    m.update(preds, batch)
+    for definitions in ("parity", "standard"):
+        got = m.compute(definitions)
+        assert list(got) == list(ALL_TASKS)
+        for task in ALL_TASKS:
+            assert list(got[task]) == [x.name for x in task_spec(task).metrics[style]], (task, definitions)
+    assert m.directions() == metric_directions(style) == {t: task_spec(t).directions(style) for t in ALL_TASKS}
+
+
+def test_only_per_class_tasks_are_checked_against_num_classes():
+    assert [t for t in ALL_TASKS if task_spec(t).channels is None] == [SEG]
+    assert all(task_channels(t, 7) == task_spec(t).out_channels(7) for t in ALL_TASKS)
+
+
+def test_selection_weight_halves_segmentation_only():
+    assert {t: task_spec(t).selection_weight for t in ALL_TASKS} == {SEG: 0.5, NORMAL: 1.0, DEPTH: 1.0,
+                                                                      KEYPOINTS: 1.0, EDGES: 1.0}
+
+
+def test_register_task_rejects_duplicates_and_incomplete_specs():
+    seg = task_spec(SEG)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_task(seg)
+    with pytest.raises(ValueError, match="no metrics for style taskonomy"):
+        register_task(dataclasses.replace(seg, name="half", metrics={"nyuv2": seg.metrics["nyuv2"]}))
+    bad = {style: (Metric("x", 0, "X"),) for style in STYLES}
+    with pytest.raises(ValueError, match="direction of x"):
+        register_task(dataclasses.replace(seg, name="flat", metrics=bad))
+    assert "half" not in TASKS and "flat" not in TASKS
+
+
+def test_a_registered_task_reaches_every_consumer():
+    err = Metric("albedo_err", -1, "Alb")
+    spec = TaskSpec("albedo", 3, l1_ignore_loss, l1_accumulator(err.name), dict.fromkeys(STYLES, (err,)),
+                    tag="Alb", label="albedo", datasets=("synthetic",))
+    register_task(spec)
+    try:
+        Config(tasks=[SEG, "albedo"]).check()
+        assert component_tag("albedo") == "Alb" and component_tags()["albedo"] == "Alb"
+        assert task_channels("albedo", 40) == 3
+        assert metric_directions("nyuv2", ["albedo"]) == {"albedo": {"albedo_err": -1}}
+        m = TaskMetrics(["albedo"], 2)
+        m.update({"albedo": row(0.5, 0.5)}, {"albedo": row(1.0, 255.0)})
+        assert m.compute() == {"albedo": {"albedo_err": 0.5}}
+        assert task_loss("albedo", row(0.5, 0.5), {"albedo": row(1.0, 255.0)}).item() == pytest.approx(0.5)
+    finally:
+        TASKS.pop("albedo")
+
+
+def test_monitor_tags_are_the_reference_names_from_the_registry():
+    assert component_tags() == {"backbone": "Backbone", SEG: "Seg", NORMAL: "Nor", DEPTH: "Dep",
+                                KEYPOINTS: "Key", EDGES: "Edge"}
+    assert [component_tag(t) for t in ("backbone", *ALL_TASKS, "other")] == [
+        "Backbone", "Seg", "Nor", "Dep", "Key", "Edge", "other"]
+
+
+def test_plots_map_short_tags_back_through_the_registry():
+    from bench import plots
+
+    assert [plots._component_name(component_tag(t)) for t in ("backbone", *ALL_TASKS)] == ["backbone", *ALL_TASKS]
+    assert plots._ordered(["zz", EDGES, "backbone", SEG]) == ["backbone", SEG, EDGES, "zz"]
+
+
+def test_datasets_provide_the_tasks_whose_spec_lists_them():
+    for dataset in DATASETS:
+        assert dataset_tasks(dataset) == tuple(t for t in TASKS if dataset in task_spec(t).datasets), dataset
+    info = DatasetInfo("nyuv2", (SEG, NORMAL, DEPTH), 40, "nyuv2")
+    assert info.task_channels == {SEG: 40, NORMAL: 3, DEPTH: 1}
+
+
+def test_comparison_columns_and_checkpoint_come_from_the_registry():
+    from bench import compare_protocol, compare_report, gpu_check
+
+    assert compare_protocol.TASKS == DEFAULT_TASKS == tuple(load_yaml(compare_protocol.PROTOCOL_CONFIG)["tasks"])
+    assert compare_protocol.CKPT == gpu_check.CKPT == "segment_semantic_normal_depth_zbuffer.model"
+    # the layout of the printed Table 2: (task, metric, header, scale), then the Δ_T after each task's last metric
+    assert compare_report.COLUMNS == [
+        (SEG, "mIoU", "mIoU↑", 100.0), (SEG, "Pixel Acc", "PixAcc↑", 100.0),
+        (NORMAL, "Angle Mean", "Mean↓", 1.0), (NORMAL, "Angle Median", "Median↓", 1.0),
+        (NORMAL, "Angle 11.25", "11.25↑", 1.0), (NORMAL, "Angle 22.5", "22.5↑", 1.0), (NORMAL, "Angle 30", "30↑", 1.0),
+        (DEPTH, "abs_err", "Abs↓", 1.0), (DEPTH, "rel_err", "Rel↓", 1.0), (DEPTH, "sigma_1.25", "δ1.25↑", 1.0),
+        (DEPTH, "sigma_1.25^2", "δ1.25²↑", 1.0), (DEPTH, "sigma_1.25^3", "δ1.25³↑", 1.0)]
+    assert compare_report.TASK_DELTA_AFTER == {(SEG, "Pixel Acc"), (NORMAL, "Angle 30"), (DEPTH, "sigma_1.25^3")}
+    assert compare_report.COMPONENTS == [("backbone", "Sp. backbone"), (SEG, "Sp. seg"), (NORMAL, "Sp. normal"),
+                                         (DEPTH, "Sp. depth")]
+    assert (compare_report.TASK_LABELS, compare_report.SPARSITY_LABELS, compare_report.DELTA_LABELS) == (
+        "seg / normal / depth", "bb / seg / nor / dep", "Δ_T1 / Δ_T2 / Δ_T3")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import baseline
-import test as test_script
+import main.cli.test as test_script
+import main.cli.train as baseline
 from main.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def test_sparse_export_is_compact_exact_and_evaluable(tmp_path, tiny_flags):
     sparsity = json.loads((run / "sparsity.json").read_text())["overall"]
     assert sparsity > 0.9
     # effective weights come back bit-identical
-    from main.runner import model_from_checkpoint
+    from main.checkpoint import model_from_checkpoint
 
     _, model = model_from_checkpoint(state, str(ckpt), torch.device("cpu"))
     torch.save(model.state_dict(), tmp_path / "dense_weights.pt")  # the dense fp32 weights alone

@@ -19,10 +19,10 @@ import torch
 from fixtures_datasets import make_nyuv2, make_taskonomy
 from PIL import Image
 
-import baseline
-import finetune
-import pruning
-import test as test_script
+import main.cli.finetune as finetune
+import main.cli.test as test_script
+import main.cli.train as baseline
+import SOTA_methods.cli as pruning
 from main.config import Config
 from main.data import dataset_info
 from main.errors import cli_main
@@ -63,7 +63,7 @@ def fails(script, argv: list[str], tmp_path: Path, capsys, *needles: str) -> str
 def make_ckpt(path: Path, **values) -> Path:
     """A checkpoint as this code writes it (weights + config), for a tiny model."""
     cfg = Config.from_dict({"width_mult": 0.0625, "crop_size": 32, "train_size": 8, "val_size": 4,
-                            "test_size": 4, "batch_size": 2, **values}).validate()
+                            "test_size": 4, "batch_size": 2, **values}).check()
     info = dataset_info(cfg)
     model = build_model(cfg.architecture, info.task_channels, cfg.width_mult, cfg.sInit_value,
                         sparse=not cfg.dense, head_dropout=cfg.head_dropout)

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..config import Config, ConfigError
-from ..tasks import TASK_CHANNELS_FIXED
+from ..tasks import task_channels
 from .errors import DatasetError
 
 __all__ = ["DatasetError", "DatasetInfo", "build_dataset", "dataset_info", "dataset_tasks", "verify_dataset"]
@@ -32,7 +32,7 @@ class DatasetInfo:
 
     @property
     def task_channels(self) -> dict[str, int]:
-        return {t: self.num_classes if t == "segment_semantic" else TASK_CHANNELS_FIXED[t] for t in self.tasks}
+        return {t: task_channels(t, self.num_classes) for t in self.tasks}
 
 
 def dataset_tasks(name: str) -> tuple[str, ...]:

@@ -175,7 +175,21 @@ def _sample_scene(rng: np.random.Generator) -> _Scene:
     yaw = to_centre + rng.uniform(-1.2, 1.2)
     pitch = rng.uniform(-0.55, 0.1)
     rot = _camera_rotation(yaw, pitch, rng.uniform(-0.08, 0.08))
+    objects = _sample_objects(rng, room, cam, yaw)
+    panels = _sample_panels(rng, room, cam, yaw)
+    light = np.array([rng.uniform(0.1, 0.9) * room[0], room[1] - 0.15, rng.uniform(0.1, 0.9) * room[2]])
+    return _Scene(
+        room=room, cam=cam, rot=rot, objects=objects, panels=panels, light=light,
+        ambient=rng.uniform(0.2, 0.45), diffuse=rng.uniform(0.7, 1.1),
+        tint=1.0 + rng.uniform(-0.08, 0.08, 3), exposure=rng.uniform(0.38, 0.55),
+        floor_style=int(rng.integers(0, 2)), floor_period=rng.uniform(0.5, 1.4),
+        wall_period=rng.uniform(0.25, 0.8),
+        surface_colours=np.stack([_colour_pair(rng) for _ in range(6)]),
+    )
 
+
+def _sample_objects(rng: np.random.Generator, room: np.ndarray, cam: np.ndarray, yaw: float) -> list[_Obj]:
+    """3-7 furniture objects on the floor, mostly in view, never overlapping each other or the camera."""
     objects: list[_Obj] = []
     footprints: list[tuple[float, float, float]] = []
     for _ in range(int(rng.integers(3, 8))):
@@ -205,7 +219,11 @@ def _sample_scene(rng: np.random.Generator) -> _Scene:
                 footprints.append((x, z, foot))
                 objects.append(_Obj(kind, np.array([x, y, z]), size, theta, colours, style))
                 break
+    return objects
 
+
+def _sample_panels(rng: np.random.Generator, room: np.ndarray, cam: np.ndarray, yaw: float) -> list[_Panel]:
+    """1-2 doors and 2-5 pictures on the walls, mostly in view, never overlapping on one wall."""
     panels: list[_Panel] = []
     for kind in [DOOR] * int(rng.integers(1, 3)) + [PICTURE] * int(rng.integers(2, 6)):
         if kind == DOOR:
@@ -223,16 +241,7 @@ def _sample_scene(rng: np.random.Generator) -> _Scene:
         u = min(max(u, width / 2 + 0.1), wall_len - width / 2 - 0.1)
         if all(q.face != face or abs(q.u - u) > (q.width + width) / 2 + 0.1 for q in panels):
             panels.append(_Panel(kind, face, u, width, y0, y1, _colour_pair(rng), rng.random()))
-
-    light = np.array([rng.uniform(0.1, 0.9) * room[0], room[1] - 0.15, rng.uniform(0.1, 0.9) * room[2]])
-    return _Scene(
-        room=room, cam=cam, rot=rot, objects=objects, panels=panels, light=light,
-        ambient=rng.uniform(0.2, 0.45), diffuse=rng.uniform(0.7, 1.1),
-        tint=1.0 + rng.uniform(-0.08, 0.08, 3), exposure=rng.uniform(0.38, 0.55),
-        floor_style=int(rng.integers(0, 2)), floor_period=rng.uniform(0.5, 1.4),
-        wall_period=rng.uniform(0.25, 0.8),
-        surface_colours=np.stack([_colour_pair(rng) for _ in range(6)]),
-    )
+    return panels
 
 
 # ------------------------------------------------------------------------------------- ray casting
@@ -501,6 +510,37 @@ def render_scene(rng: np.random.Generator, size: int = 64, extras: bool = False)
     r = sc.rot  # world ray = r @ (xc, yc, 1): with camera z = 1 the ray parameter t IS the z-depth
     d = tuple(r[a, 0] * xc + r[a, 1] * yc + r[a, 2] for a in range(3))
 
+    t, sid = _cast(sc, d, f, size)
+    px, py, pz = (sc.cam[a] + t * d[a] for a in range(3))
+    label = np.asarray(_FACE_CLASS + tuple(ob.kind for ob in sc.objects))[sid]
+    panel_id = np.full(sid.shape, -1)
+    for j, pn in enumerate(sc.panels):
+        u = pz if pn.face < 2 else px
+        m = (sid == pn.face) & (np.abs(u - pn.u) <= pn.width / 2) & (py >= pn.y0) & (py <= pn.y1)
+        panel_id[m] = j
+        label[m] = pn.kind
+    normal_w = _normals(sc, sid, px, py, pz)
+    cos_view = np.abs(normal_w[..., 0] * d[0] + normal_w[..., 1] * d[1] + normal_w[..., 2] * d[2])
+    cos_view /= np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2)
+    foot = t / f / np.maximum(cos_view, 0.2)  # world size of one pixel on the surface
+    albedo = _albedo(sc, sid, panel_id, (px, py, pz), foot)
+    rgb = _shade(sc, albedo, normal_w, (px, py, pz))
+    rgb += rng.normal(0.0, _NOISE_STD, rgb.shape)
+    out = {
+        "rgb": np.clip(rgb, 0.0, 1.0).astype(np.float32),
+        "normal": (normal_w @ r).astype(np.float32),  # world -> camera: n_cam = R^T n_world
+        "depth": t.astype(np.float32),
+        "label": label.astype(np.uint8),
+    }
+    if extras:
+        surf = np.where(panel_id >= 0, 1000 + panel_id, sid)
+        out["edge"] = _edges(surf, normal_w, albedo).astype(np.float32)
+        out["keypoints"] = _keypoints(sc, t, f).astype(np.float32)
+    return out
+
+
+def _cast(sc: _Scene, d: tuple[np.ndarray, ...], f: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: ray parameter (= z-depth) of the nearest hit and its surface id (0-5 room faces, 6+k object k)."""
     t, sid = _hit_room(sc.cam, d, sc.room)
     for k, ob in enumerate(sc.objects):
         win = _screen_window(sc, ob, f, size)
@@ -510,21 +550,13 @@ def render_scene(rng: np.random.Generator, size: int = 64, extras: bool = False)
         closer = tk < t[win]
         t[win] = np.where(closer, tk, t[win])
         sid[win] = np.where(closer, 6 + k, sid[win])
-    px, py, pz = (sc.cam[a] + t * d[a] for a in range(3))
-    label = np.asarray(_FACE_CLASS + tuple(ob.kind for ob in sc.objects))[sid]
+    return t, sid
 
-    panel_id = np.full(sid.shape, -1)
-    for j, pn in enumerate(sc.panels):
-        u = pz if pn.face < 2 else px
-        m = (sid == pn.face) & (np.abs(u - pn.u) <= pn.width / 2) & (py >= pn.y0) & (py <= pn.y1)
-        panel_id[m] = j
-        label[m] = pn.kind
 
-    normal_w = _normals(sc, sid, px, py, pz)
-    cos_view = np.abs(normal_w[..., 0] * d[0] + normal_w[..., 1] * d[1] + normal_w[..., 2] * d[2])
-    cos_view /= np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2)
-    foot = t / f / np.maximum(cos_view, 0.2)  # world size of one pixel on the surface
-
+def _albedo(sc: _Scene, sid: np.ndarray, panel_id: np.ndarray, points: tuple[np.ndarray, ...],
+            foot: np.ndarray) -> np.ndarray:
+    """Surface colour per pixel: each surface's pattern between its two colours, panels over walls."""
+    px, py, pz = points
     albedo = np.empty(sid.shape + (3,))
     for s in np.unique(sid):
         m = (sid == s) & (panel_id < 0)
@@ -542,26 +574,19 @@ def render_scene(rng: np.random.Generator, size: int = 64, extras: bool = False)
             u = (pz if pn.face < 2 else px)[m] - pn.u
             v = _fade(_panel_pattern(pn, u, py[m]), 0.4, 0.14, foot[m])
             albedo[m] = pn.colours[0] + (pn.colours[1] - pn.colours[0]) * v[:, None]
+    return albedo
 
+
+def _shade(sc: _Scene, albedo: np.ndarray, normal_w: np.ndarray, points: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Ambient + Lambertian light from the ceiling lamp, tinted, auto-exposed (noise is added by the caller)."""
+    px, py, pz = points
     lx, ly, lz = sc.light[0] - px, sc.light[1] - py, sc.light[2] - pz
     dist2 = lx * lx + ly * ly + lz * lz
     lam = (normal_w[..., 0] * lx + normal_w[..., 1] * ly + normal_w[..., 2] * lz) / np.sqrt(dist2)
     shade = sc.ambient + sc.diffuse * np.maximum(lam, 0.0) * (2 * 9.0 / (9.0 + dist2))
     rgb = albedo * shade[..., None] * sc.tint
     rgb *= sc.exposure / rgb.mean()  # auto-exposure: dark rooms stay readable, brightness still varies
-    rgb += rng.normal(0.0, _NOISE_STD, rgb.shape)
-
-    out = {
-        "rgb": np.clip(rgb, 0.0, 1.0).astype(np.float32),
-        "normal": (normal_w @ r).astype(np.float32),  # world -> camera: n_cam = R^T n_world
-        "depth": t.astype(np.float32),
-        "label": label.astype(np.uint8),
-    }
-    if extras:
-        surf = np.where(panel_id >= 0, 1000 + panel_id, sid)
-        out["edge"] = _edges(surf, normal_w, albedo).astype(np.float32)
-        out["keypoints"] = _keypoints(sc, t, f).astype(np.float32)
-    return out
+    return rgb
 
 
 # ----------------------------------------------------------------------------------------- dataset

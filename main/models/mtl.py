@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..sparse import SoftThresholdConv2d, grouped_soft_threshold, sparse_convs, threshold_value
+from ..sparse import THRESHOLD_KERNELS, SoftThresholdConv2d, grouped_soft_threshold, sparse_convs, threshold_value
 
 BACKBONE = "backbone"
 SHARED = "shared"  # the single threshold's key under threshold_scope="global"
@@ -43,6 +43,18 @@ class MultiTaskModel(nn.Module):
         self._component_convs: dict[str, list[SoftThresholdConv2d]] = {
             name: [m for _, m in sparse_convs(module)] for name, module in self.components()
         }
+        self.threshold_kernel = "grouped"
+
+    def set_threshold_kernel(self, kernel: str) -> None:
+        """How CPU training computes the soft threshold (``main.sparse.THRESHOLD_KERNELS``); the same numbers on
+        every kernel (bit-identical weights and outputs; tau's gradient to float rounding).  Benchmarks and tests
+        switch it; runs keep the fastest, "grouped"."""
+        if kernel not in THRESHOLD_KERNELS:
+            raise ValueError(f"threshold kernel must be one of {THRESHOLD_KERNELS}, got {kernel!r}")
+        self.threshold_kernel = kernel
+        for convs in self._component_convs.values():
+            for conv in convs:
+                conv.fused_cpu = kernel != "general"
 
     def components(self) -> Iterator[tuple[str, nn.Module]]:
         """("backbone", backbone) then (task, head) in task order; every report iterates over this."""
@@ -90,7 +102,8 @@ class MultiTaskModel(nn.Module):
         for name, convs in self._component_convs.items():
             tau = taus.get(name)
             # CPU training: the component's effective weights in one autograd node (main.sparse)
-            pending = grouped_soft_threshold(convs, tau) if tau is not None else None
+            grouped = tau is not None and self.threshold_kernel == "grouped"
+            pending = grouped_soft_threshold(convs, tau) if grouped else None
             for i, conv in enumerate(convs):
                 conv.tau = tau
                 conv.pending_weight = pending[i] if pending is not None else None

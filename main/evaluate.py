@@ -1,27 +1,69 @@
-"""Evaluate a saved checkpoint on its own terms: the config inside the file rebuilds model and data.
+"""Evaluating a model: one pass over a split (``evaluate``: the trainer's validation and ``test.py`` alike) and
+a saved checkpoint on its own terms (``evaluate_checkpoint``: the config inside the file rebuilds model and data).
 
-Used by ``test.py``; returns the JSON object of DESIGN.md §3 (metrics, sparsity per layer / component /
-overall, Δ_T against a dense reference, parameter counts).
+``evaluate_checkpoint`` is ``test.py``; it returns the JSON object of DESIGN.md §3 (metrics, sparsity per layer /
+component / overall, Δ_T against a dense reference, parameter counts, FLOPs).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint
-from .config import ConfigError
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .config import Config, ConfigError
 from .data import build_dataset, dataset_info, verify_dataset
-from .evaluation import UndefinedDelta, delta_t
+from .data.batch import to_device
+from .export import model_from_export
 from .models import MultiTaskModel
 from .monitor import progress
-from .runner import model_from_checkpoint
+from .precision import autocast, predictions_fp32, to_channels_last
+from .scores import UndefinedDelta, delta_t
 from .sparse import SparsityCounter, SparsityReport, sparse_convs
-from .tasks import DEFINITIONS, TaskMetrics, metric_directions
-from .validation import evaluate
+from .tasks import DEFINITIONS, TaskMetrics, metric_directions, task_loss
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Mapping[str, Tensor]], tasks: tuple[str, ...],
+             metrics: TaskMetrics, device: torch.device, class_weights: Tensor | None = None, *,
+             amp: str = "off", channels_last: bool = False, loss_mean: str = "sample") -> dict:
+    """Mean per-task loss (sample-weighted) and the metric set over all ``batches``.
+
+    The model is put in eval mode and restored afterwards; nothing here builds an autograd graph.  ``amp`` and
+    ``channels_last`` are the run's ``--amp`` / ``--channels_last`` (the model is expected to be converted
+    already): the forward runs under the same autocast as training, losses and metrics on fp32 predictions.
+    ``loss_mean="batch"``: the plain mean of the per-batch losses (the reference's; a smaller last batch then
+    counts as much as a full one) instead of the mean over samples.
+    """
+    was_training = model.training
+    model.eval()
+    metrics.reset()
+    loss_sums = torch.zeros(len(tasks), device=device, dtype=torch.float64)
+    samples = 0
+    n_batches = 0
+    try:
+        for batch in batches:
+            batch = to_device(batch, device)
+            with autocast(amp, device):
+                preds = model(to_channels_last(batch["input"], channels_last))
+            preds = predictions_fp32(preds)
+            n = batch["input"].shape[0]
+            weight = n if loss_mean == "sample" else 1
+            loss_sums += torch.stack([task_loss(t, preds[t], batch, class_weights) for t in tasks]).double() * weight
+            samples += n
+            n_batches += 1
+            metrics.update(preds, batch)
+    finally:
+        model.train(was_training)
+    if samples == 0:
+        raise ValueError("the evaluation split is empty")
+    losses = (loss_sums / (samples if loss_mean == "sample" else n_batches)).tolist()
+    return {"losses": dict(zip(tasks, losses)), "metrics": metrics.compute()}
 
 
 def param_counts(model: MultiTaskModel, report: SparsityReport) -> dict[str, int]:
@@ -107,19 +149,33 @@ def load_reference(path: str, tasks: tuple[str, ...], directions: dict[str, dict
     return ref
 
 
+def _load_model(path: str, device: torch.device, overrides: dict) -> tuple[int | None, Config, MultiTaskModel]:
+    """(iteration, config, model) of a checkpoint, or of a sparse export (``python -m main.export``)."""
+    if str(path).endswith(".safetensors"):
+        cfg, model = model_from_export(path, device, overrides)
+        return None, cfg.check(), model
+    state = load_checkpoint(path, map_location="cpu")
+    cfg, model = model_from_checkpoint(state, path, device, overrides)
+    return state.get("iter"), cfg.check(), model
+
+
+def _delta(metrics: dict, ref: dict, reference: str, directions: dict) -> dict | None:
+    """Δ_T against the dense model's JSON (None, with a warning, where a reference metric is 0)."""
+    try:
+        return delta_t(metrics, ref["metrics"], directions)
+    except UndefinedDelta as e:
+        warnings.warn(f"Δ_T not computed: {e} in --reference {reference}", stacklevel=1)
+    except ValueError as e:
+        raise ConfigError(f"--reference {reference} does not match this model's metrics: {e}") from None
+    return None
+
+
 def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *, batch_size: int | None = None,
                         data_root: str | None = None, metric_definitions: str | None = None,
                         reference: str | None = None, show_progress: bool = False) -> dict:
+    """``test.py``: the checkpoint (or sparse export) at ``path`` on ``split``, as the JSON object it writes."""
     overrides = {k: v for k, v in (("data_root", data_root), ("metric_definitions", metric_definitions)) if v}
-    if str(path).endswith(".safetensors"):  # a sparse export (python -m main.export)
-        from .export import model_from_export
-
-        state = {"iter": None}
-        cfg, model = model_from_export(path, device, overrides)
-    else:
-        state = load_checkpoint(path, map_location="cpu")
-        cfg, model = model_from_checkpoint(state, path, device, overrides)
-    cfg.validate()
+    iteration, cfg, model = _load_model(path, device, overrides)
     info = dataset_info(cfg)
     directions = metric_directions(info.metric_style, info.tasks)
     ref = load_reference(reference, info.tasks, directions) if reference else None
@@ -141,21 +197,14 @@ def evaluate_checkpoint(path: str, device: torch.device, split: str = "test", *,
                       channels_last=cfg.channels_last)
     counter = SparsityCounter(model.components())
     report = counter.report(counter.count(model.taus() if model.sparse else None))
-    delta = None
-    if ref is not None:
-        try:
-            delta = delta_t(result["metrics"], ref["metrics"], directions)
-        except UndefinedDelta as e:
-            warnings.warn(f"Δ_T not computed: {e} in --reference {reference}", stacklevel=1)
-        except ValueError as e:
-            raise ConfigError(f"--reference {reference} does not match this model's metrics: {e}") from None
+    delta = _delta(result["metrics"], ref, reference, directions) if ref is not None else None
     sparsity = report.as_dict()
     return {
         "checkpoint": str(path),
         "dataset": cfg.dataset,
         "architecture": cfg.architecture,
         "split": split,
-        "iter": state.get("iter"),
+        "iter": iteration,
         "dense": cfg.dense,
         "amp": cfg.amp,
         "channels_last": cfg.channels_last,

@@ -1,10 +1,11 @@
-"""Setup shared by the baselines that train (IMP, LTH, prune-at-init, DiSparse dynamic).
+"""Training stages: what the baselines that train share (IMP, LTH, prune-at-init, DiSparse dynamic).
 
-Each of those commands is a chain of *stages*: one ordinary ``Trainer`` run (built by ``main.runner.build_trainer``,
-so data order, seeding, validation, checkpoints and logs are exactly those of ``baseline.py`` / ``finetune.py``)
+Each of those commands is a chain of *stages*: one ordinary ``Trainer`` run (built by
+``main.trainer_setup.build_trainer``, so data order, seeding, validation, checkpoints and logs are exactly those of
+``baseline.py`` / ``finetune.py``)
 started from given weights and hard masks.  What differs between methods is only what happens between stages
-(prune, rewind) or inside one (a step hook), so the stage plumbing, the command-line parsing and the final
-``masks.json`` report live here once.
+(prune, rewind) or inside one (a step hook), so the stage plumbing, the source model and scoring batches, and the
+final ``masks.json`` report live here once (the command lines they share: ``SOTA_methods.commands``).
 
 Conventions every command follows:
 - hard-masked runs always train with ``dense=True`` (no AdapMTL soft thresholds; a sparse source checkpoint has
@@ -24,74 +25,82 @@ Conventions every command follows:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
-from args import build_parser, config_from_namespace
 from main.atomic import atomic_write_text
-from main.checkpoint import rng_state, set_rng_state
-from main.config import Config, ConfigError
-from main.distributed import DistInfo, cleanup, init_distributed
-from main.evaluation import format_table
+from main.checkpoint import (
+    checkpoint_name,
+    load_checkpoint,
+    load_weights,
+    model_from_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from main.config import Config, ConfigError, Provenance
+from main.data import build_dataset, dataset_info, verify_dataset
+from main.data.sampler import ResumableBatchSampler
+from main.device import resolve_device
+from main.distributed import DistInfo
 from main.masks import MaskSet
-from main.models import MultiTaskModel
-from main.runner import build_trainer, resolve_device
-from main.trainer import Trainer, checkpoint_name
+from main.models import MultiTaskModel, model_for
+from main.sparse import SparsityCounter, SparsityReport
+from main.trainer import Trainer
+from main.trainer_setup import build_trainer
 
-from .engine import magnitude_scores, select_global, select_per_component, select_per_layer
-from .prune_run import load_source, report_of
-
-SCOPES = ("global", "component", "layer")
-
-
-# ------------------------------------------------------------------------------------------------ parsing
-def method_parser(description: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
-    """The training parser (every ``baseline.py`` flag) plus an empty group for the method's own options."""
-    parser = build_parser(description)
-    return parser, parser.add_argument_group("method")
-
-
-def add_target(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--target", "--prune_ratio", dest="target", type=float, default=None,
-                       help="final overall sparsity of the prunable weights, e.g. 0.9")
-
-
-def add_rounds(group: argparse._ArgumentGroup, scope_help: str) -> None:
-    """Round options shared by IMP and LTH (both prune by magnitude in rounds)."""
-    group.add_argument("--per_round", type=float, default=0.2,
-                       help="fraction of the remaining weights removed per round; the last round lands exactly "
-                            "on --target (default 0.2)")
-    group.add_argument("--one_shot", action="store_true", default=False,
-                       help="a single round straight to --target")
-    group.add_argument("--scope", default="global", help=scope_help)
-
-
-def parse_method_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-                      options: Sequence[str]) -> tuple[Config, dict]:
-    """-> (config from --config and the flags, method options); ``cfg.explicit`` as ``args.parse_args`` sets."""
-    ns = vars(parser.parse_args(argv))
-    opts = {k: ns.pop(k, None) for k in options}
-    cfg = config_from_namespace(ns)
-    if "target" in opts:
-        t = opts["target"]
-        if (t is None and not cfg.resume) or (t is not None and not 0.0 < t < 1.0):
-            raise ConfigError(f"--target must be a fraction in (0, 1), got {t}; e.g. --target 0.9")
-    if "per_round" in opts and not 0.0 < opts["per_round"] < 1.0:
-        raise ConfigError(f"--per_round must be a fraction in (0, 1), got {opts['per_round']}; e.g. 0.2")
-    if "scope" in opts and opts["scope"] not in SCOPES:
-        raise ConfigError(f"--scope {opts['scope']!r} is not known; choose one of: {', '.join(SCOPES)}")
-    return cfg, opts
+# Flags that may differ from the source checkpoint's config when pruning it.
+PRUNE_OVERRIDES = ("data_root", "device", "batch_size", "num_workers", "seed", "save_dir", "overwrite", "progress")
 
 
 # ------------------------------------------------------------------------------------------------ sources
+def load_source(cfg: Config, given: Provenance, checkpoint: str | None,
+                device: torch.device) -> tuple[Config, MultiTaskModel, dict | None]:
+    """The model to prune, with soft thresholds baked into the weights, and the config to store with it."""
+    if checkpoint:
+        state = load_checkpoint(checkpoint)
+        overrides = {k: getattr(cfg, k) for k in given.explicit & set(PRUNE_OVERRIDES)}
+        cfg, model = model_from_checkpoint(state, checkpoint, device, overrides)
+        masks = state.get("masks")
+    else:
+        info = dataset_info(cfg)
+        model = model_for(cfg, info.task_channels).to(device)
+        masks = None
+    model.bake_thresholds()
+    cfg.dense = True
+    cfg.resume = False
+    cfg.reload = None
+    return cfg.check(), model, masks
+
+
+def score_batches(cfg: Config, n: int, rank: int = 0, world_size: int = 1) -> list[dict[str, Tensor]]:
+    """The first ``n`` training batches of the run's seeded order (what at-init / gradient scores see).
+
+    Under DDP (``world_size`` > 1) this rank's slices of the first ``n`` global batches, i.e. exactly what its
+    first ``n`` training steps see; the ranks' scores are then averaged (``engine.mean_over_ranks``).
+    """
+    dataset = build_dataset(cfg, "train")
+    verify_dataset(dataset)
+    sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank=rank, world_size=world_size,
+                                    stream=getattr(dataset, "stream", False))
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, generator=torch.Generator())
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def report_of(model: MultiTaskModel) -> SparsityReport:
+    """Sparsity measured from the weights themselves (not the masks), as AdapMTL's is, so the tables compare."""
+    counter = SparsityCounter(model.components())
+    return counter.report(counter.count(None))
+
+
 def refuse_resume(cfg: Config, command: str) -> None:
     """Multi-stage commands cannot be resumed as a whole; say what can be."""
     if cfg.resume:
@@ -103,10 +112,10 @@ def refuse_resume(cfg: Config, command: str) -> None:
 def hard_mask_config(cfg: Config) -> Config:
     """The config of a hard-masked run: dense storage (no soft thresholds), weights never from ``--reload``."""
     cfg.dense, cfg.reload = True, None
-    return cfg.validate()
+    return cfg.check()
 
 
-def load_trained(cfg: Config, checkpoint: str,
+def load_trained(cfg: Config, given: Provenance, checkpoint: str,
                  device: torch.device | None = None) -> tuple[Config, MultiTaskModel, MaskSet]:
     """A trained checkpoint as (its config with the command-line flags on top, baked model, its masks).
 
@@ -114,9 +123,8 @@ def load_trained(cfg: Config, checkpoint: str,
     a stored mask set is used as is.  ``device``: this rank's device under torchrun (default ``--device``).
     Every rank reads the same file, so every rank starts from the same weights and masks.
     """
-    explicit = getattr(cfg, "explicit", set())
-    base, model, saved = load_source(cfg, checkpoint, device or resolve_device(cfg.device))
-    for key in explicit - {"dense", "reload", "resume"}:
+    base, model, saved = load_source(cfg, given, checkpoint, device or resolve_device(cfg.device))
+    for key in given.explicit - {"dense", "reload", "resume"}:
         setattr(base, key, getattr(cfg, key))
     base.resume = False
     masks = MaskSet.from_weights(model)
@@ -134,13 +142,13 @@ def stage_trainer(cfg: Config, save_dir: Path | str, iters: int | None = None, d
     run on the same process group (DDP broadcasts rank 0's fresh initialisation when it wraps the model).
     """
     stage = dataclasses.replace(cfg, save_dir=str(save_dir), iters=iters or cfg.iters, resume=False)
-    return build_trainer(stage.validate(), None, dist_info, device)
+    return build_trainer(stage.check(), None, dist_info, device)
 
 
 def start_from(trainer: Trainer, weights: Mapping[str, Tensor], masks: MaskSet | Mapping[str, Tensor],
                source: str = "previous stage") -> MaskSet:
     """Load ``weights`` into the stage's model and enforce ``masks`` from its first step on."""
-    trainer.load_model_weights({"state_dict": dict(weights)}, source)
+    load_weights(trainer.model, {"state_dict": dict(weights)}, source, trainer.cfg)
     return enforce(trainer, masks)
 
 
@@ -192,18 +200,6 @@ def round_sparsities(start: float, target: float, per_round: float | None) -> li
     return [1.0 - (1.0 - start) * (1.0 - per_round) ** k for k in range(1, n)] + [target]
 
 
-def magnitude_keep(masks: MaskSet, sparsity: float, scope: str = "global") -> dict[str, Tensor]:
-    """|w| ranking at ``sparsity``: one global ranking, or every component / every layer to that sparsity."""
-    scores = magnitude_scores(masks)
-    if scope == "global":
-        return select_global(scores, masks, sparsity)
-    if scope == "component":
-        return select_per_component(scores, masks, {c: sparsity for c in masks.components()})
-    if scope == "layer":
-        return select_per_layer(scores, masks, {n: 1.0 - sparsity for n in masks.masks})
-    raise ConfigError(f"--scope {scope!r} is not known; choose one of: {', '.join(SCOPES)}")
-
-
 # ------------------------------------------------------------------------------------------------ report
 METHOD_FILE = "pruning.json"
 
@@ -243,28 +239,3 @@ def finish(trainer: Trainer, pruning: dict, extra: dict | None = None) -> dict:
                "iter": trainer.iteration, **(extra or {})}
     write_json(trainer.save_dir / "masks.json", summary, trainer.dist)
     return summary
-
-
-def print_summary(label: str, summary: dict) -> None:
-    sp = summary["sparsity"]
-    row = {"sparsity": {"components": {c: 100 * v for c, v in sp["components"].items()},
-                        "overall": 100 * sp["overall"]}, "metrics": {}}
-    print(format_table([(label, row)]))
-    print(f"sparsity in %; {sp['nonzero']:,} of {sp['total']:,} prunable weights non-zero")
-    print(f"wrote {summary['checkpoint']} and masks.json beside it")
-
-
-def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None, options: Sequence[str],
-                run: Callable[[Config, dict, DistInfo, torch.device], dict],
-                label: str | Callable[[dict], str]) -> int:
-    """A training baseline's ``main``: parse, join the process group once (torchrun; every stage shares it),
-    run, print the summary on rank 0, always leave the group."""
-    cfg, opts = parse_method_args(parser, argv, options)
-    dist_info, device = init_distributed(cfg.device)
-    try:
-        summary = run(cfg, opts, dist_info, device)
-        if dist_info.is_main:
-            print_summary(label(summary) if callable(label) else label, summary)
-    finally:
-        cleanup(dist_info)
-    return 0

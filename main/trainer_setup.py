@@ -1,0 +1,146 @@
+"""Setting up a trainer from a resolved ``Config``: resume rules, run folder, data, model, checkpoint weights.
+
+The entry scripts stay thin by calling ``build_trainer``; every user mistake found here is a ``ConfigError``
+or ``CheckpointError`` whose message names the fix (the scripts print it as one line and exit 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, checkpoint_name, config_of, load_checkpoint, load_weights
+from .checkpoint_saver import load_newest_intact
+from .config import Config, ConfigError, Provenance, dump_yaml
+from .data import build_dataset, dataset_info, verify_dataset
+from .device import resolve_device
+from .distributed import DistInfo
+from .masks import MaskSet
+from .models import model_for
+from .run_dir import check_run_dir
+from .seeding import seed_everything
+from .tasks import metric_directions
+from .trainer import Trainer
+from .validation import parse_metric_selector
+
+# Flags that may change when a run is resumed; any other difference would silently break "exact resume".
+RESUMABLE_OVERRIDES = {"iters", "device", "progress", "num_workers", "val_iters", "log_every", "save_iters",
+                       "tensorboard", "resume", "data_root", "save_dir", "skip_bad_samples", "keep_checkpoints",
+                       "max_bad_steps"}
+
+
+def config_for_resume(cfg: Config, given: Provenance) -> tuple[Config, dict]:
+    """The checkpoint's config, with only the resumable flags the user gave on the command line."""
+    explicit = given.explicit
+    stem = _resume_stem(Path(cfg.save_dir), cfg, explicit)
+    path, state = load_newest_intact(Path(cfg.save_dir), stem, warn=lambda m: print(f"warning: {m}"))
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path} carries no config, so --resume cannot continue it; start a new run")
+    if "optimizer" not in state:  # pruning.py writes pruned weights and masks, not a training state
+        raise CheckpointError(f"{path} holds no training state (it was written by pruning.py), so --resume cannot "
+                              f"continue it; fine-tune it instead: python finetune.py --load_checkpoint {path} "
+                              "--save_dir NEW_FOLDER")
+    resumed = Config.from_dict(state["config"], source=str(path))
+    preset_file = given.preset_file
+    for key in sorted(explicit | given.preset_keys):
+        ours, theirs = getattr(cfg, key), getattr(resumed, key)
+        if key in RESUMABLE_OVERRIDES:
+            setattr(resumed, key, ours)
+        elif ours != theirs and key not in ("config",):
+            given = f"--{key} {ours}" if key in explicit else f"--config {preset_file} sets {key}: {ours}, which"
+            raise ConfigError(f"{given} differs from the resumed run's {theirs}; a resumed run keeps its "
+                              "settings (start a new run with --reload to change them)")
+    resumed.resume = True
+    return resumed.check(), state
+
+
+def _resume_stem(save_dir: Path, cfg: Config, explicit: frozenset[str]) -> str:
+    """The checkpoint name ``--resume`` continues.  The name follows the tasks: a run of other tasks than the
+    current defaults is found by its own file; other ``--tasks`` given explicitly get the true reason."""
+    stem = Path(checkpoint_name(cfg.tasks)).stem
+    if (save_dir / f"{stem}.model").is_file() or any((save_dir / "checkpoints").glob(f"{stem}_iter*.model")):
+        return stem
+    others = sorted(p.stem for p in save_dir.glob("*.model") if not p.name.startswith("best_"))
+    if others and "tasks" in explicit:
+        raise ConfigError(f"--tasks {' '.join(cfg.tasks)} differs from the run in {save_dir} ({others[0]}.model); "
+                          "a resumed run keeps its tasks: drop --tasks")
+    return others[0] if len(others) == 1 else stem
+
+
+def check_batch_fits(cfg: Config, train_set, world_size: int = 1) -> None:
+    """The sampler drops incomplete batches: the training split must hold at least one global batch."""
+    n, batch = len(train_set), cfg.batch_size * world_size
+    if n < batch:
+        per_process = f" x {world_size} processes" if world_size > 1 else ""
+        raise ConfigError(f"--batch_size {cfg.batch_size}{per_process} is larger than the training split "
+                          f"({n} samples; incomplete batches are dropped); lower --batch_size to at most "
+                          f"{max(n // world_size, 1)} or add training data")
+
+
+def build_trainer(cfg: Config, given: Provenance | None = None, dist_info: DistInfo | None = None,
+                  device: torch.device | None = None) -> Trainer:
+    """Everything ``baseline.py`` needs before ``trainer.train()``, in an order that fails fast.
+
+    Every check a user mistake can fail (flags, run folder, device, checkpoints, dataset files, batch size,
+    checkpoint-to-model fit) runs before the run folder is created, so a refused run writes nothing.
+    """
+    given = given or Provenance()
+    dist_info = dist_info or DistInfo()
+    state = None
+    if cfg.resume:
+        if not Path(cfg.save_dir).is_dir():
+            raise ConfigError(f"--resume: {cfg.save_dir} does not exist; start the run without --resume")
+        cfg, state = config_for_resume(cfg, given)
+    inputs = {"--config": given.preset_file}  # files --overwrite must not delete
+    if dist_info.is_main:
+        check_run_dir(cfg, create=False, inputs=inputs)
+    device = device or resolve_device(cfg.device)
+    reload_state = load_checkpoint(cfg.reload) if cfg.reload else None
+    seed_everything(cfg.seed, dist_info.rank, cfg.deterministic)
+    info = dataset_info(cfg)
+    if cfg.select_by.startswith("metric:"):  # a metric this run does not report: refused before any work
+        parse_metric_selector(cfg.select_by, metric_directions(info.metric_style, info.tasks))
+    train_set = build_dataset(cfg, "train")
+    val_set = build_dataset(cfg, "val")
+    check_batch_fits(cfg, train_set, dist_info.world_size)
+    verify_dataset(train_set)
+    verify_dataset(val_set)
+    model = model_for(cfg, info.task_channels)
+    if state is not None:
+        load_weights(model, state, f"{cfg.save_dir}", cfg)
+    elif reload_state is not None:
+        load_weights(model, reload_state, cfg.reload, cfg)
+    if dist_info.is_main:
+        check_run_dir(cfg, inputs=inputs)  # all checks passed: only now does the run folder appear
+    trainer = Trainer(cfg, model, info, train_set, val_set, device, dist_info)
+    if state is not None:
+        trainer.resume_from(state, f"{cfg.save_dir}")
+    elif reload_state is not None:
+        trainer.reload_from(reload_state, cfg.reload)
+    if dist_info.is_main:
+        dump_yaml(cfg, str(Path(cfg.save_dir) / "config.yaml"))
+    return trainer
+
+
+def build_masked_trainer(checkpoint: str, cfg: Config, given: Provenance, dist_info: DistInfo | None = None,
+                         device: torch.device | None = None) -> tuple[Trainer, dict]:
+    """A new hard-masked run from a (pruned) checkpoint: its config with the given flags on top, masks enforced.
+
+    What ``finetune.py`` and the structured-pruning schedule share: the checkpoint's weights (dense storage, no
+    soft thresholds), a fresh optimiser and schedule, and the stored masks (or, for a checkpoint without masks,
+    its zero weights) zeroing gradients and re-zeroing weights after every step.
+    """
+    state = load_checkpoint(checkpoint)
+    base = config_of(state, checkpoint, "pass a checkpoint written by pruning.py, baseline.py or finetune.py")
+    for key in given.explicit:
+        setattr(base, key, getattr(cfg, key))
+    base.dense, base.reload, base.resume = True, checkpoint, False
+    trainer = build_trainer(base.check(), given, dist_info, device)
+    masks = MaskSet(trainer.model)
+    if state.get("masks") is not None:
+        masks.load_state_dict(state["masks"])
+    else:
+        masks = MaskSet.from_weights(trainer.model)
+    trainer.set_masks(masks)
+    return trainer, state
