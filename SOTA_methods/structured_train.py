@@ -198,7 +198,11 @@ def parse_structured_args(argv: Sequence[str] | None) -> tuple[Config, Provenanc
         raise ConfigError(f"--target must be a fraction of the backbone filters in (0, 1), got {opts['target']}")
     if opts["window"] <= 0 or opts["per_step"] <= 0:
         raise ConfigError(f"--window and --per_step must be positive, got {opts['window']} and {opts['per_step']}")
-    cfg, given, opts["load_checkpoint"] = parse_finetune_args(rest)
+    cfg, given, start = parse_finetune_args(rest)
+    if start.reinit:
+        raise ConfigError("structured_train prunes the checkpoint's trained weights; --reinit belongs to finetune.py "
+                          "(re-train the architecture it writes from a fresh initialisation)")
+    opts["load_checkpoint"] = start.checkpoint
     if cfg.resume:
         raise ConfigError("structured_train cannot --resume (the score accumulators are not checkpointed); "
                           "continue with finetune.py --load_checkpoint on its last checkpoint instead")

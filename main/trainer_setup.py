@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .channel_masks import ChannelMasks
 from .checkpoint import CheckpointError, checkpoint_name, config_of, load_checkpoint, load_weights
 from .checkpoint_saver import load_newest_intact
 from .config import Config, ConfigError, Provenance, dump_yaml
@@ -124,23 +125,37 @@ def build_trainer(cfg: Config, given: Provenance | None = None, dist_info: DistI
 
 
 def build_masked_trainer(checkpoint: str, cfg: Config, given: Provenance, dist_info: DistInfo | None = None,
-                         device: torch.device | None = None) -> tuple[Trainer, dict]:
+                         device: torch.device | None = None, reinit: bool = False) -> tuple[Trainer, dict]:
     """A new hard-masked run from a (pruned) checkpoint: its config with the given flags on top, masks enforced.
 
     What ``finetune.py`` and the structured-pruning schedule share: the checkpoint's weights (dense storage, no
     soft thresholds), a fresh optimiser and schedule, and the stored masks (or, for a checkpoint without masks,
-    its zero weights) zeroing gradients and re-zeroing weights after every step.
+    its zero weights) zeroing gradients and re-zeroing weights after every step.  ``reinit``: the weights are a
+    fresh seeded initialisation instead, the pruned architecture (masks, and the removed filters, returned in
+    ``state["channel_masks"]`` for ``ChannelMasks.from_checkpoint``) is the checkpoint's.
     """
     state = load_checkpoint(checkpoint)
     base = config_of(state, checkpoint, "pass a checkpoint written by pruning.py, baseline.py or finetune.py")
     for key in given.explicit:
         setattr(base, key, getattr(cfg, key))
-    base.dense, base.reload, base.resume = True, checkpoint, False
+    base.dense, base.reload, base.resume = True, None if reinit else checkpoint, False
     trainer = build_trainer(base.check(), given, dist_info, device)
-    masks = MaskSet(trainer.model)
+    source = _pruned_model(state, checkpoint, base) if reinit else trainer.model
+    found = MaskSet(source)
     if state.get("masks") is not None:
-        masks.load_state_dict(state["masks"])
+        found.load_state_dict(state["masks"])
     else:
-        masks = MaskSet.from_weights(trainer.model)
+        found = MaskSet.from_weights(source)
+    if reinit:  # what the checkpoint removed, read off its own weights before the fresh ones replace them
+        state = {**state, "channel_masks": ChannelMasks.from_checkpoint(source, state, found).state_dict()}
+    masks = MaskSet(trainer.model)
+    masks.load_state_dict(found.state_dict())
     trainer.set_masks(masks)
     return trainer, state
+
+
+def _pruned_model(state: dict, source: str, cfg: Config) -> torch.nn.Module:
+    """The checkpoint's own (dense-storage) model, on the CPU: where its masks and removed filters are read."""
+    model = model_for(cfg, dataset_info(cfg).task_channels)
+    load_weights(model, state, source, cfg)
+    return model

@@ -227,3 +227,47 @@ def test_rewind_lr_restores_initial_rate():
         opt.step()
         trainer.scheduler.step()
     assert lrs == [1.0, 1.0, 0.5]
+
+
+def test_reinit_retrains_the_pruned_architecture_from_a_fresh_initialisation(dense_ckpt, tmp_path):
+    """S004's re-training: ``finetune.py --reinit`` keeps the checkpoint's masks and removed filters, draws fresh
+    weights from --seed (two seeds differ, neither is the checkpoint's), and resumes like any run."""
+    from main.channel_masks import ChannelMasks
+    from main.masks import MaskSet
+
+    pruned = tmp_path / "taylor"
+    assert pruning.main(["--load_checkpoint", str(dense_ckpt), "--method", "taylor", "--target", "0.25",
+                         "--save_dir", str(pruned), "--num_batches", "1", "--progress", "off"]) == 0
+    source = load_checkpoint(pruned / CKPT)
+    runs = {}
+    for seed in (1, 2):
+        run = tmp_path / f"reinit{seed}"
+        assert finetune.main(["--load_checkpoint", str(pruned / CKPT), "--reinit", "--seed", str(seed), "--iters", "2",
+                              "--save_dir", str(run), "--progress", "off"]) == 0
+        runs[seed] = load_checkpoint(run / CKPT)
+    first = runs[1]["state_dict"]
+    assert runs[1]["masks"] is not None
+    for name, mask in source["masks"].items():
+        assert torch.equal(runs[1]["masks"][name], mask)  # the architecture is the checkpoint's
+    for name, keep in source["channel_masks"].items():  # removed filters stay removed, BN included
+        block = name.rsplit(".", 1)[0]
+        assert torch.all(first[f"{name}.weight"][~keep] == 0) and torch.all(first[f"{block}.bn1.weight"][~keep] == 0)
+    conv = next(k for k in first if k.endswith("conv1.weight"))
+    assert not torch.equal(first[conv], source["state_dict"][conv])  # fresh weights, not the checkpoint's
+    assert not torch.equal(first[conv], runs[2]["state_dict"][conv])  # drawn from --seed
+    model = tiny("resnet34")  # the architecture read back from the re-trained checkpoint: the same filters removed
+    model.load_state_dict(first, strict=False)
+    masks = MaskSet(model)
+    masks.load_state_dict(runs[1]["masks"])
+    recovered = ChannelMasks.from_model(model, masks)
+    assert {n: k.tolist() for n, k in recovered.keep.items()} == {n: k.tolist() for n, k in
+                                                                   source["channel_masks"].items()}
+    assert finetune.main(["--save_dir", str(tmp_path / "reinit1"), "--resume", "--iters", "3", "--progress",
+                          "off"]) == 0
+    assert load_checkpoint(tmp_path / "reinit1" / CKPT)["iter"] == 3
+
+
+def test_reinit_is_refused_with_resume(tmp_path, capsys):
+    from test_user_errors import fails
+
+    fails(finetune, ["--save_dir", str(tmp_path / "r"), "--resume", "--reinit"], tmp_path, capsys, "--reinit")

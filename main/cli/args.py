@@ -119,13 +119,28 @@ def config_from_namespace(ns: dict) -> tuple[Config, Provenance]:
 def build_finetune_parser() -> argparse.ArgumentParser:
     parser = build_parser("Fine-tune a pruned checkpoint with its masks enforced (pruned weights stay zero).")
     add_source_args(parser)
+    parser.add_argument("--reinit", action="store_true", default=False,
+                        help="train the pruned architecture from a fresh random initialisation (seeded by --seed) "
+                             "instead of the checkpoint's weights: its masks and removed filters are kept (the "
+                             "re-training experiment of the structured-pruning paper)")
     return parser
 
 
-def parse_finetune_args(argv: Sequence[str] | None = None) -> tuple[Config, Provenance, str | None]:
-    """-> (config, provenance, the pruned checkpoint to start from; None with --resume)."""
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where ``finetune.py`` starts: the pruned checkpoint (None with --resume), its weights or a fresh init."""
+
+    checkpoint: str | None
+    reinit: bool = False
+
+
+def parse_finetune_args(argv: Sequence[str] | None = None) -> tuple[Config, Provenance, Start]:
+    """-> (config, provenance, where the run starts)."""
     ns = vars(build_finetune_parser().parse_args(argv))
-    ckpt = ns.pop("load_checkpoint", None)
-    if ckpt is None and not ns.get("resume"):
+    start = Start(ns.pop("load_checkpoint", None), bool(ns.pop("reinit", False)))
+    if start.checkpoint is None and not ns.get("resume"):
         raise ConfigError("--load_checkpoint PRUNED.model is required (or --resume to continue a fine-tuning run)")
-    return (*config_from_namespace(ns), ckpt)
+    if start.reinit and ns.get("resume"):
+        raise ConfigError("--reinit starts a new run from a fresh initialisation; --resume continues one: drop "
+                          "--reinit (a resumed run keeps what it started from)")
+    return (*config_from_namespace(ns), start)

@@ -10,14 +10,14 @@ from main.trainer_setup import build_masked_trainer, build_trainer
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, given, ckpt = parse_finetune_args(argv)
+    cfg, given, start = parse_finetune_args(argv)
     dist_info, device = init_distributed(cfg.device)
     try:
         if cfg.resume:  # the checkpoint in --save_dir carries the masks
             state = None
             trainer = build_trainer(cfg, given, dist_info, device)
         else:
-            trainer, state = build_masked_trainer(ckpt, cfg, given, dist_info, device)
+            trainer, state = build_masked_trainer(start.checkpoint, cfg, given, dist_info, device, start.reinit)
         if trainer.masks is not None:  # structurally pruned filters: keep their BatchNorm gamma and beta at zero
             ChannelMasks.from_checkpoint(trainer.model, state, trainer.masks).attach(trainer)
         train_and_report(trainer, " (masks enforced)")
