@@ -8,6 +8,11 @@ consumer conv's input channels.  Because a removed channel emits exactly 0 in th
 γ and β), the small network computes the same outputs up to float summation order.  The saved file holds plain
 types only (``torch.load(weights_only=True)`` reads it): the state dict plus what ``rebuild_compact`` needs to
 recreate the modules (architecture, widths, head channels and the per-layer kept channel counts).
+
+``python -m main.export --path CKPT --compact`` (``main.compaction``) compacts any checkpoint instead: it also
+removes residual-coupled and head channels, folds the constants dead channels carry, and writes a checkpoint that
+``test.py`` evaluates and ``main.checkpoint.model_from_checkpoint`` rebuilds.  This module stays for the cost
+accounting of structured pruning (``structured.py``, ``bench/inference.py``), whose numbers it defines.
 """
 
 from __future__ import annotations

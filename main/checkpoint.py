@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
+from .compact_arch import apply_compact_spec
 from .config import Config, ConfigError
 from .data import dataset_info
 from .errors import UserError
@@ -142,6 +143,9 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device,
                           overrides: dict | None = None) -> tuple[Config, MultiTaskModel]:
     """Rebuild the model a checkpoint was trained with (config read from the file) and load its weights.
 
+    A compacted checkpoint (``main.compaction``) carries its per-layer widths in ``state["compact"]``; the model
+    is built from the config and then narrowed to them (``main.compact_arch.apply_compact_spec``).
+
     ``overrides`` (e.g. a moved ``data_root``) apply before anything reads the dataset.
     """
     cfg = config_of(state, source)
@@ -152,6 +156,12 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device,
     except ConfigError as e:
         raise CheckpointError(f"{source}: its stored config is not usable here ({e})") from None
     model = model_for(cfg, dataset_info(cfg).task_channels)
+    if state.get("compact") is not None:  # a compacted model (python -m main.export --compact): its own widths
+        try:
+            model = apply_compact_spec(model, state["compact"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{source}: its compact architecture does not fit the model its config "
+                                  f"describes ({e}); compact the original checkpoint again") from None
     try:
         model.load_state_dict(state["state_dict"])
     except (RuntimeError, TypeError, ValueError) as e:

@@ -7,6 +7,10 @@ values, and every other tensor as is.  Thresholds and optimiser state are droppe
 metadata, so ``test.py --path FILE.safetensors`` evaluates the export directly.
 
     python -m main.export --path RUN/segment_semantic_normal_depth_zbuffer.model --out model.safetensors
+
+``--compact`` instead removes the dead channels physically (``main.compaction``) and writes a smaller checkpoint:
+
+    python -m main.export --path RUN/segment_semantic_normal_depth_zbuffer.model --compact --out small.model
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from torch import Tensor
 
 from .atomic import atomic_write_bytes
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from .compact_arch import apply_compact_spec
+from .compaction import describe, write_compact
 from .config import Config
 from .data import dataset_info
-from .errors import ArgumentParser, cli_main
+from .errors import ArgumentParser, UserError, cli_main
 from .masks import prunable_weights
 from .models import MultiTaskModel, model_for
 from .run_dir import check_output_file
@@ -44,8 +50,9 @@ def _unpack(bits: Tensor, values: Tensor, shape: list[int]) -> Tensor:
     return out.view(shape)
 
 
-def export_model(model: MultiTaskModel, cfg: Config, out: str | Path) -> dict:
-    """Write ``model``'s effective weights to ``out``; returns size information."""
+def export_model(model: MultiTaskModel, cfg: Config, out: str | Path, compact: dict | None = None) -> dict:
+    """Write ``model``'s effective weights to ``out``; returns size information.  ``compact``: the architecture of
+    a compacted model (its checkpoint's ``compact`` entry), stored so the export rebuilds at its widths."""
     from safetensors.torch import save
 
     model = model.cpu()
@@ -66,12 +73,20 @@ def export_model(model: MultiTaskModel, cfg: Config, out: str | Path) -> dict:
         shapes[key] = list(param.shape)
     cfg.dense = True
     metadata = {"format": FORMAT, "config": json.dumps(cfg.to_dict()), "shapes": json.dumps(shapes)}
+    if compact is not None:
+        metadata["compact"] = json.dumps(compact)
     atomic_write_bytes(out, save(tensors, metadata=metadata))
     return {"file_bytes": Path(out).stat().st_size, "packed_layers": len(shapes)}
 
 
 def load_export(path: str | Path) -> tuple[Config, dict[str, Tensor]]:
     """(config, dense state dict of effective weights, thresholds omitted) from an export."""
+    cfg, state, _ = _read_export(path)
+    return cfg, state
+
+
+def _read_export(path: str | Path) -> tuple[Config, dict[str, Tensor], dict | None]:
+    """``load_export`` plus the compact architecture, if the exported model was a compacted one."""
     from safetensors import safe_open
 
     try:
@@ -86,32 +101,54 @@ def load_export(path: str | Path) -> tuple[Config, dict[str, Tensor]]:
     state = {k: v for k, v in tensors.items() if "::" not in k}
     for key, shape in json.loads(meta["shapes"]).items():
         state[key] = _unpack(tensors[f"{key}::bits"], tensors[f"{key}::values"], shape)
-    return cfg, state
+    return cfg, state, (json.loads(meta["compact"]) if "compact" in meta else None)
 
 
 def model_from_export(path: str | Path, device: torch.device, overrides: dict | None = None):
     """Rebuild a dense-storage model holding the exported effective weights."""
-    cfg, state = load_export(path)
+    cfg, state, compact = _read_export(path)
     for key, value in (overrides or {}).items():
         setattr(cfg, key, value)
     info = dataset_info(cfg)
     model = model_for(cfg, info.task_channels, sparse=False)
+    if compact is not None:
+        model = apply_compact_spec(model, compact)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("thresholds.") for k in missing):
         raise CheckpointError(f"{path} does not fit the model its config describes")
     return cfg, model.to(device)
 
 
+def _load_any(path: str) -> tuple[Config, MultiTaskModel, int | None]:
+    """(config, model, iteration) of a checkpoint or of a sparse export."""
+    if str(path).endswith(".safetensors"):
+        cfg, model = model_from_export(path, torch.device("cpu"))
+        return cfg, model, None
+    state = load_checkpoint(path)
+    cfg, model = model_from_checkpoint(state, path, torch.device("cpu"))
+    return cfg, model, state.get("iter")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m main.export", description="Export a checkpoint's effective weights "
-                            "compactly.")
-    parser.add_argument("--path", required=True, help="checkpoint (.model)")
-    parser.add_argument("--out", required=True, help="output .safetensors file")
+                            "compactly (sparse, or with --compact as a physically smaller dense model).")
+    parser.add_argument("--path", required=True, help="checkpoint (.model; with --compact also a .safetensors "
+                        "export)")
+    parser.add_argument("--out", required=True, help="output .safetensors file (--compact: a .model checkpoint)")
+    parser.add_argument("--compact", action="store_true", help="remove every dead channel (and constant ASPP "
+                        "branch) physically, folding their constants; writes a checkpoint test.py evaluates")
     ns = parser.parse_args(argv)
     check_output_file(ns.out, "--out", {"--path": ns.path})  # checked before the work, never the input
+    if ns.compact:
+        if str(ns.out).endswith(".safetensors"):
+            raise UserError(f"--compact writes a checkpoint, not a safetensors file; name --out like "
+                            f"{Path(ns.out).with_suffix('.model')}")
+        cfg, model, iteration = _load_any(ns.path)
+        print("\n".join(describe(ns.out, write_compact(model, cfg, ns.out, ns.path, iteration))))
+        return 0
     state = load_checkpoint(ns.path)
     cfg, model = model_from_checkpoint(state, ns.path, torch.device("cpu"))
-    info = export_model(model, cfg, ns.out)
+    info = export_model(model, cfg, ns.out, compact=state.get("compact"))
     dense = Path(ns.path).stat().st_size
     print(f"wrote {ns.out}: {info['file_bytes']:,} bytes ({100 * info['file_bytes'] / dense:.1f}% of the "
           f"checkpoint's {dense:,}; {info['packed_layers']} conv weights packed as bitmask + values)")

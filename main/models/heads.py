@@ -41,10 +41,22 @@ class ASPPHead(nn.Module):
         hidden = scaled(1024, width_mult, 8)
         for i, rate in enumerate(rates):
             self.add_module(f"fc{i + 1}", ASPPBranch(in_channels, hidden, out_channels, rate, dropout))
+        # The branches summed, in order; compaction (``main.compaction``) drops a branch whose output is constant
+        # (folded into a surviving branch's bias), so a compact head may have fewer, e.g. ("fc1", "fc3", "fc4").
+        self.branch_names: tuple[str, ...] = tuple(f"fc{i + 1}" for i in range(len(rates)))
         self.num_branches = len(rates)
 
+    def remove_branch(self, name: str) -> None:
+        """Drop branch ``name`` (its constant output must be folded elsewhere by the caller)."""
+        if name not in self.branch_names or len(self.branch_names) == 1:
+            raise ValueError(f"cannot remove branch {name!r} of {self.branch_names}")
+        delattr(self, name)
+        self.branch_names = tuple(n for n in self.branch_names if n != name)
+        self.num_branches = len(self.branch_names)
+
     def forward(self, x: Tensor) -> Tensor:
-        out = self.fc1(x)
-        for i in range(2, self.num_branches + 1):
-            out = out + getattr(self, f"fc{i}")(x)
+        first, *rest = self.branch_names
+        out = getattr(self, first)(x)
+        for name in rest:
+            out = out + getattr(self, name)(x)
         return out
