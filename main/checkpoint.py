@@ -17,6 +17,7 @@ import pickle
 import random
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,20 @@ def load_weights(model: MultiTaskModel, state: dict, source: str, cfg: Config) -
                               "checkpoint") from None
 
 
+def architecture_of(cfg: Config, spec: Mapping | None, source: str) -> MultiTaskModel:
+    """The (freshly initialised) model a run's config describes, narrowed to a compacted checkpoint's per-layer
+    widths when ``spec`` (its ``compact`` entry, ``main.compaction``) is given: how every reader of a checkpoint,
+    evaluation and training alike, rebuilds a compact model."""
+    model = model_for(cfg, dataset_info(cfg).task_channels)
+    if spec is None:
+        return model
+    try:
+        return apply_compact_spec(model, spec)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{source}: its compact architecture does not fit the model its config describes "
+                              f"({e}); compact the original checkpoint again") from None
+
+
 def model_from_checkpoint(state: dict, source: str, device: torch.device,
                           overrides: dict | None = None) -> tuple[Config, MultiTaskModel]:
     """Rebuild the model a checkpoint was trained with (config read from the file) and load its weights.
@@ -155,13 +170,7 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device,
         cfg.check()
     except ConfigError as e:
         raise CheckpointError(f"{source}: its stored config is not usable here ({e})") from None
-    model = model_for(cfg, dataset_info(cfg).task_channels)
-    if state.get("compact") is not None:  # a compacted model (python -m main.export --compact): its own widths
-        try:
-            model = apply_compact_spec(model, state["compact"])
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{source}: its compact architecture does not fit the model its config "
-                                  f"describes ({e}); compact the original checkpoint again") from None
+    model = architecture_of(cfg, state.get("compact"), source)
     try:
         model.load_state_dict(state["state_dict"])
     except (RuntimeError, TypeError, ValueError) as e:

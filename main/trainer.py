@@ -100,6 +100,7 @@ class Trainer:
         self.consecutive_bad = 0
         self.masks: MaskSet | None = None  # hard-pruning masks, enforced after every step when set
         self.step_hooks: list = []
+        self.compact: dict | None = None  # a compacted architecture's widths (main.compact_arch), kept in checkpoints
 
     def set_masks(self, masks: MaskSet | None) -> None:
         """Enforce ``masks`` from now on (pruned weights zeroed now and after every optimiser step)."""

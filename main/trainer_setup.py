@@ -6,19 +6,26 @@ or ``CheckpointError`` whose message names the fix (the scripts print it as one 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from .channel_masks import ChannelMasks
-from .checkpoint import CheckpointError, checkpoint_name, config_of, load_checkpoint, load_weights
+from .checkpoint import (
+    CheckpointError,
+    architecture_of,
+    checkpoint_name,
+    config_of,
+    load_checkpoint,
+    load_weights,
+)
 from .checkpoint_saver import load_newest_intact
 from .config import Config, ConfigError, Provenance, dump_yaml
 from .data import build_dataset, dataset_info, verify_dataset
 from .device import resolve_device
 from .distributed import DistInfo
 from .masks import MaskSet
-from .models import model_for
 from .run_dir import check_run_dir
 from .seeding import seed_everything
 from .tasks import metric_directions
@@ -80,11 +87,13 @@ def check_batch_fits(cfg: Config, train_set, world_size: int = 1) -> None:
 
 
 def build_trainer(cfg: Config, given: Provenance | None = None, dist_info: DistInfo | None = None,
-                  device: torch.device | None = None) -> Trainer:
+                  device: torch.device | None = None, compact: Mapping | None = None) -> Trainer:
     """Everything ``baseline.py`` needs before ``trainer.train()``, in an order that fails fast.
 
     Every check a user mistake can fail (flags, run folder, device, checkpoints, dataset files, batch size,
-    checkpoint-to-model fit) runs before the run folder is created, so a refused run writes nothing.
+    checkpoint-to-model fit) runs before the run folder is created, so a refused run writes nothing.  A compacted
+    architecture (``compact``: a compact checkpoint's widths) comes from the argument, the resumed run or the
+    ``--reload`` checkpoint, and is stored in the run's own checkpoints.
     """
     given = given or Provenance()
     dist_info = dist_info or DistInfo()
@@ -107,7 +116,8 @@ def build_trainer(cfg: Config, given: Provenance | None = None, dist_info: DistI
     check_batch_fits(cfg, train_set, dist_info.world_size)
     verify_dataset(train_set)
     verify_dataset(val_set)
-    model = model_for(cfg, info.task_channels)
+    compact = compact if compact is not None else (state if state is not None else reload_state or {}).get("compact")
+    model = architecture_of(cfg, compact, str(cfg.reload or cfg.save_dir))
     if state is not None:
         load_weights(model, state, f"{cfg.save_dir}", cfg)
     elif reload_state is not None:
@@ -115,6 +125,7 @@ def build_trainer(cfg: Config, given: Provenance | None = None, dist_info: DistI
     if dist_info.is_main:
         check_run_dir(cfg, inputs=inputs)  # all checks passed: only now does the run folder appear
     trainer = Trainer(cfg, model, info, train_set, val_set, device, dist_info)
+    trainer.compact = compact
     if state is not None:
         trainer.resume_from(state, f"{cfg.save_dir}")
     elif reload_state is not None:
@@ -139,7 +150,7 @@ def build_masked_trainer(checkpoint: str, cfg: Config, given: Provenance, dist_i
     for key in given.explicit:
         setattr(base, key, getattr(cfg, key))
     base.dense, base.reload, base.resume = True, None if reinit else checkpoint, False
-    trainer = build_trainer(base.check(), given, dist_info, device)
+    trainer = build_trainer(base.check(), given, dist_info, device, state.get("compact"))
     source = _pruned_model(state, checkpoint, base) if reinit else trainer.model
     found = MaskSet(source)
     if state.get("masks") is not None:
@@ -156,6 +167,6 @@ def build_masked_trainer(checkpoint: str, cfg: Config, given: Provenance, dist_i
 
 def _pruned_model(state: dict, source: str, cfg: Config) -> torch.nn.Module:
     """The checkpoint's own (dense-storage) model, on the CPU: where its masks and removed filters are read."""
-    model = model_for(cfg, dataset_info(cfg).task_channels)
+    model = architecture_of(cfg, state.get("compact"), source)
     load_weights(model, state, source, cfg)
     return model

@@ -36,6 +36,7 @@ def training_state(trainer: Trainer, rng_ranks: list | None = None) -> dict:
         "controller": trainer.control.state_dict() if trainer.control is not None else None,
         "version": CHECKPOINT_VERSION,
         "torch_version": str(torch.__version__),
+        **({"compact": trainer.compact} if trainer.compact is not None else {}),  # rebuilds a compacted model
     }
 
 

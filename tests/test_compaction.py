@@ -226,3 +226,33 @@ def test_compact_cli_refuses_bad_input_in_one_line(tmp_path, case):
     with pytest.raises(UserError) as e:
         export_main(args + ["--compact"])
     assert "\n" not in str(e.value)
+
+
+def test_a_compacted_model_trains_from_random_init_and_resumes(tmp_path, tiny_flags):
+    """Issue 16 item 1 on a compact checkpoint: ``finetune.py --reinit`` trains the compacted architecture from a
+    fresh initialisation with the ordinary training loop; its checkpoints carry the widths, so it resumes."""
+    import main.cli.finetune as finetune
+
+    run = tmp_path / "s"
+    assert baseline.main(tiny_flags + ["--iters", "2", "--save_dir", str(run), "--sInit_value", "-3.5"]) == 0
+    small = tmp_path / "small.model"
+    assert export_main(["--path", str(run / CKPT), "--compact", "--out", str(small)]) == 0
+    compact = load_checkpoint(small)
+    scratch = tmp_path / "scratch"
+    assert finetune.main(["--load_checkpoint", str(small), "--reinit", "--iters", "2", "--save_dir", str(scratch),
+                          "--progress", "off"]) == 0
+    trained = load_checkpoint(scratch / CKPT)
+    assert trained["compact"] == compact["compact"]
+    assert {k: v.shape for k, v in trained["state_dict"].items()} == {k: v.shape for k, v in
+                                                                      compact["state_dict"].items()}
+    conv = next(k for k in compact["state_dict"] if k.endswith("conv1.weight"))
+    assert not torch.equal(trained["state_dict"][conv], compact["state_dict"][conv])  # fresh weights
+    assert finetune.main(["--save_dir", str(scratch), "--resume", "--iters", "3", "--progress", "off"]) == 0
+    resumed = load_checkpoint(scratch / CKPT)
+    assert resumed["iter"] == 3 and resumed["compact"] == compact["compact"]
+    _, model = model_from_checkpoint(resumed, str(scratch / CKPT), torch.device("cpu"))
+    assert count_params(model) == compact["compaction"]["params_after"]
+    # AdapMTL continued on the compact model (--reload: its weights, thresholds reset) keeps the widths too
+    again = tmp_path / "again"
+    assert baseline.main(tiny_flags + ["--iters", "2", "--reload", str(small), "--save_dir", str(again)]) == 0
+    assert load_checkpoint(again / CKPT)["compact"] == compact["compact"]
