@@ -1,13 +1,20 @@
-"""Cost of the training loop around the step: ``Trainer.train`` against bare steps, printed as JSON.
+"""Cost of the training loop around the step: ``Trainer.train`` against bare ``Trainer.step`` calls, with a
+breakdown of where an iteration's time goes, printed as JSON.
 
-The loop is ``Trainer.train`` on the CPU preset (AdapMTL, default ``--log_every 50``, TensorBoard on) for
-``--iters`` iterations: data loading, the step, the adaptive weighting, the stop rule, the scheduler, the
-interval logging.  Validation and checkpoint saving are switched off (they are periodic jobs, not loop
-overhead; the run's final iteration would otherwise trigger both).  The bare step is the same step as
-``bench/step_overhead.py`` on the same model, from the same state, over the same batches loaded beforehand.
-Loop and bare runs alternate ``--rounds`` times; the medians and the overhead fraction come from one run.
+The loop is ``Trainer.train`` (default ``--log_every 50``, TensorBoard on) for ``--iters`` iterations: data
+loading, the step, the callbacks.  Validation and checkpoint saving are switched off (they are periodic jobs, not
+loop overhead; the run's final iteration would otherwise trigger both).  The bare step is ``Trainer.step`` on the
+same model, from the same state, over the same batches loaded beforehand.  Loop and bare runs alternate
+``--rounds`` times; the medians and the ratio come from one run.
 
-    python -m bench.loop_overhead [--iters 60] [--rounds 4]
+Configurations: ``preset`` (the CPU preset: ResNet34 x0.125, 96x96, batch 8) and ``paper`` (the paper's width:
+ResNet34 x1, 64x64 crops, batch 4, 24 training scenes, 2 threads: the setting where issue 17 measured the original
+code's loop at 2.5-2.9 s/iteration), each for AdapMTL and dense.  The breakdown, per iteration, from timings of the
+same batches: ``data`` (the training DataLoader and the copy to the device), ``forward`` (network and task
+losses), ``backward``, ``rest_of_step`` (weighting, step flags and the sparsity control, optimiser and scheduler:
+the step minus forward and backward) and ``loop_other`` (the loop minus data and step: callbacks, logging).
+
+    python -m bench.loop_overhead [--configs preset paper] [--iters 30] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -24,14 +31,20 @@ import time
 
 import torch
 
-from bench.step_overhead import train_step
 from main.checkpoint_saver import SaveLatest
 from main.config import Config
 from main.data.batch import to_device
 from main.data.loaders import train_loader
+from main.precision import predictions_fp32
+from main.tasks import task_loss
 from main.trainer import Trainer
 from main.trainer_setup import build_trainer
 from main.validation import Validation
+
+CONFIGS = {
+    "preset": {"settings": {}, "threads": None},
+    "paper": {"settings": {"width_mult": 1.0, "crop_size": 64, "batch_size": 4, "train_size": 24}, "threads": 2},
+}
 
 
 def snapshot(tr: Trainer) -> dict:
@@ -47,45 +60,81 @@ def restore(tr: Trainer, state: dict) -> None:
     tr.iteration = 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=4)
-    ns = parser.parse_args()
+def make_trainer(name: str, dense: bool, iters: int, save_dir: str) -> Trainer:
+    """The configuration's trainer, with only the loop's own callbacks (no validation, no checkpoints)."""
+    settings = {"train_size": max(16, 8 * iters), **CONFIGS[name]["settings"]}
+    cfg = Config(**settings, dense=dense, iters=iters, val_iters=10 * iters, save_iters=10 * iters, device="cpu",
+                 val_size=8, test_size=8, save_dir=save_dir, progress="off", overwrite=True).check()
+    tr = build_trainer(cfg)
+    callbacks = tr.callbacks
+    tr.callbacks = lambda stack: [cb for cb in callbacks(stack) if not isinstance(cb, Validation | SaveLatest)]
+    return tr
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def forward(tr: Trainer, batch: dict, backward: bool) -> None:
+    """The step's forward (and backward): network, task losses, the weighted sum."""
+    preds = predictions_fp32(tr.net(batch["input"]))
+    total = sum(task_loss(t, preds[t], batch, tr.class_weights) for t in tr.tasks)
+    if backward:
+        tr.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        tr.counter.record_forward_counts(tr.sparse)  # the fused path recorded counts: drop them, as a step reads them
+
+
+def load_batches(tr: Trainer, n: int) -> list[dict]:
+    loader = train_loader(tr.train_set, tr.cfg, 0, tr.dist, tr.device)
+    return [to_device(b, tr.device) for _, b in zip(range(n), loader)]
+
+
+def measure(name: str, dense: bool, iters: int, rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        cfg = Config(iters=ns.iters, val_iters=10 * ns.iters, save_iters=10 * ns.iters, device="cpu",
-                     train_size=max(16, 8 * ns.iters), val_size=8, test_size=8, save_dir=tmp, progress="off",
-                     overwrite=True).check()
-        tr = build_trainer(cfg)
-        callbacks = tr.callbacks
-        # validation and checkpoints are periodic jobs, not loop overhead (see the docstring): only the training
-        # log and the preemption check stay
-        tr.callbacks = lambda stack: [cb for cb in callbacks(stack) if not isinstance(cb, Validation | SaveLatest)]
-        loader = train_loader(tr.train_set, tr.cfg, 0, tr.dist, tr.device)
-        batches = [to_device(b, tr.device) for _, b in zip(range(ns.iters), loader)]
+        tr = make_trainer(name, dense, iters, tmp)
+        batches = load_batches(tr, iters)
         start = snapshot(tr)
         tr.model.train()
-        for b in batches[:3]:  # warm-up
-            train_step(tr, b)
-        loop_s, bare_s = [], []
-        for _ in range(ns.rounds):
+        for i, b in enumerate(batches[:2]):  # warm-up
+            tr.step(b, i)
+        runs: dict[str, list[float]] = {k: [] for k in ("loop", "step", "data", "forward", "forward_backward")}
+        for _ in range(rounds):
             restore(tr, start)
             tr.model.train()
-            t0 = time.perf_counter()
-            for b in batches:
-                train_step(tr, b)
-            bare_s.append(time.perf_counter() - t0)
+            runs["step"].append(timed(lambda: [tr.step(b, i) for i, b in enumerate(batches)]))
+            runs["forward"].append(timed(lambda: [forward(tr, b, False) for b in batches]))
+            runs["forward_backward"].append(timed(lambda: [forward(tr, b, True) for b in batches]))
+            runs["data"].append(timed(lambda: load_batches(tr, iters)))
             restore(tr, start)
-            t0 = time.perf_counter()
             with contextlib.redirect_stdout(sys.stderr):  # the run's log lines; stdout carries only the JSON
-                tr.train()
-            loop_s.append(time.perf_counter() - t0)
-        loop, bare = statistics.median(loop_s), statistics.median(bare_s)
-        print(json.dumps({"machine": f"{platform.machine()} {torch.get_num_threads()} threads",
-                          "torch": torch.__version__, "iters": ns.iters, "log_every": cfg.log_every,
-                          "loop_s": loop, "bare_steps_s": bare, "overhead": loop / bare - 1,
-                          "loop_runs_s": loop_s, "bare_runs_s": bare_s}, indent=1))
+                runs["loop"].append(timed(tr.train))
+        med = {k: statistics.median(v) / iters for k, v in runs.items()}
+        return {"config": name, "mode": "dense" if dense else "adapmtl", "threads": torch.get_num_threads(),
+                "iters": iters, "log_every": tr.cfg.log_every, "loop_s_per_it": med["loop"],
+                "step_s_per_it": med["step"], "loop_over_step": med["loop"] / med["step"],
+                "breakdown_s_per_it": {"data": med["data"], "forward": med["forward"],
+                                       "backward": med["forward_backward"] - med["forward"],
+                                       "rest_of_step": med["step"] - med["forward_backward"],
+                                       "loop_other": med["loop"] - med["step"] - med["data"]},
+                "runs_s": runs}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    ns = parser.parse_args()
+    results = []
+    for name in ns.configs:
+        if CONFIGS[name]["threads"]:
+            torch.set_num_threads(CONFIGS[name]["threads"])
+        results += [measure(name, dense, ns.iters, ns.rounds) for dense in (False, True)]
+    print(json.dumps({"machine": platform.machine(), "torch": torch.__version__, "results": results}, indent=1))
     return 0
 
 
