@@ -27,8 +27,13 @@ Everything is computed on the device: no host synchronisation is added to the st
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 class BudgetController:
@@ -144,10 +149,8 @@ class BudgetControl(StopRule):
         return iteration >= self.controller.ramp_iters and abs(overall - self.ratio) <= BUDGET_TOLERANCE
 
     def scalars(self, iteration: int, steps: int) -> dict[str, float]:
-        out = {"sparsity/target": self.ratio, "sparsity/budget_target": self.controller.target(iteration),
-               "sparsity/frozen_fraction": 0.0}
-        self.frozen = 0
-        return out
+        return {"sparsity/target": self.ratio, "sparsity/budget_target": self.controller.target(iteration),
+                "sparsity/frozen_fraction": 0.0}  # never frozen
 
     def state_dict(self) -> dict:
         return self.controller.state_dict()
@@ -156,7 +159,7 @@ class BudgetControl(StopRule):
         self.controller.load_state_dict(state, device)
 
 
-def build_sparsity_control(cfg, total: int) -> StopRule | None:
+def build_sparsity_control(cfg: Config, total: int) -> StopRule | None:
     """The run's control of its thresholds (``--sparsity_control``), or None for a dense run.
 
     ``total``: the number of thresholded weights (what the budget's sparsity is a fraction of).
