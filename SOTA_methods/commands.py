@@ -50,16 +50,22 @@ def method_parser(description: str, methods: Sequence[Method] = (),
                   add_common: Callable[[OptionGroup], None] | None = None,
                   title: str = "method") -> tuple[argparse.ArgumentParser, OptionGroup]:
     """The training parser (every ``baseline.py`` flag) plus one group: ``add_common``'s options, then each of
-    ``methods``' own (``Method.add_args``), each remembered as belonging to its method (``OptionGroup.owner``)."""
+    ``methods``' own (``Method.add_args``), each remembered as belonging to its methods (``OptionGroup.owner``;
+    methods that share one ``add_args``, as Taylor and CosPrune do, share its options)."""
     parser = build_parser(description)
     group = OptionGroup(parser.add_argument_group(title))
     if add_common is not None:
         add_common(group)
+    added: dict[Callable, list[str]] = {}
     for method in methods:
-        if method.add_args is not None:
+        if method.add_args is None:
+            continue
+        if method.add_args not in added:
             start = len(group.dests)
             method.add_args(group)
-            group.owner.update(dict.fromkeys(group.dests[start:], method.name))
+            added[method.add_args] = group.dests[start:]
+        for dest in added[method.add_args]:
+            group.owner.setdefault(dest, []).append(method.name)
     return parser, group
 
 
@@ -72,9 +78,9 @@ def parse_method_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     ns = vars(parser.parse_args(argv))
     opts = {k: ns.pop(k, None) for k in group.dests}
     cfg, given = config_from_namespace(ns)
-    for dest, owner in group.owner.items():
-        if "method" in opts and owner != opts["method"] and opts[dest] not in (None, parser.get_default(dest)):
-            raise ConfigError(f"--{dest} applies to --method {owner} only")
+    for dest, owners in group.owner.items():
+        if "method" in opts and opts["method"] not in owners and opts[dest] not in (None, parser.get_default(dest)):
+            raise ConfigError(f"--{dest} applies to --method {' / '.join(owners)} only")
     if "target" in opts:
         check_target(opts["target"], required=not cfg.resume)
     if "per_round" in opts and not 0.0 < opts["per_round"] < 1.0:

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from main.channel_masks import ChannelMasks, FilterUnit
 from main.checkpoint import CHECKPOINT_VERSION, CheckpointError, atomic_save, load_checkpoint
 from main.masks import MaskSet
-from main.models import MultiTaskModel, build_model
+from main.models import HEADS, MultiTaskModel, build_model
 from main.sparse import SoftThresholdConv2d
 
 # ------------------------------------------------------------------------------------------------ counting
@@ -173,7 +173,7 @@ def rebuild_compact(state: Mapping) -> MultiTaskModel:
     spec = state["compact"]
     full = build_model(spec["architecture"], spec["task_channels"], spec["width_mult"], sparse=False,
                        head_dropout=spec["head_dropout"])
-    shapes = ChannelMasks(full)
+    shapes = ChannelMasks(full, heads=any(n.startswith(f"{HEADS}.") for n in spec["channels"]))
     for name, k in spec["channels"].items():
         keep = torch.zeros(shapes.keep[name].numel(), dtype=torch.bool)
         keep[:k] = True

@@ -45,14 +45,14 @@ class OptionGroup:
     """An argparse argument group (or parser) that remembers the destination of every option added to it.
 
     A method's options are parsed by the same parser as the training flags and split off afterwards by these
-    names, so each option is written once, in the method's ``add_args``.  ``owner``: option -> the method whose
+    names, so each option is written once, in the method's ``add_args``.  ``owner``: option -> the methods whose
     ``add_args`` added it (options the command adds for every method have none).
     """
 
     def __init__(self, group: argparse._ActionsContainer) -> None:
         self.group = group
         self.dests: list[str] = []
-        self.owner: dict[str, str] = {}
+        self.owner: dict[str, list[str]] = {}
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = self.group.add_argument(*args, **kwargs)

@@ -1,7 +1,11 @@
 """Structured (whole-filter) pruning of the shared backbone: Taylor (Molchanov et al. 2019) and CosPrune (S004).
 
 Unit.  A *filter* is one output channel of a backbone conv whose removal changes no tensor shape that anything
-else depends on; heads are never pruned (S004 prunes the shared backbone only).
+else depends on; heads are pruned only with ``heads=True`` (``--prune_heads``): S004 prunes the shared backbone
+only, which stays the default, and the option lets them be compared at AdapMTL's FLOPs, most of which are in the
+heads.  A head unit is a hidden channel of an ASPP branch (``main.channel_masks``).  Taylor only: CosPrune's score
+compares the tasks' gradients on a unit, and a task head receives its own task's gradient alone (every other
+task's is zero, so every head channel would score 0 and the ranking among them would be arbitrary).
 
 * Deeplab-ResNet34: the internal ``conv1`` of every BasicBlock (→ ``bn1`` → ReLU → read by ``conv2``).  Every other
   backbone conv (stem, block ``conv2``, ``downsample``) feeds a residual add, so its channels are coupled across a
@@ -27,9 +31,10 @@ Criteria (higher = keep; the lowest are pruned, one global ranking over all unit
   rows (S004 eq. 5 literally); but a conv followed by a batch-statistics BN is scale invariant, so Σ w·g of its
   filter is 0 up to the BN epsilon, and that ranking is mostly noise on these backbones.
 * CosPrune (S004 Algorithm 1): per unit and task, the gradient of that task's loss w.r.t. the unit's conv filter
-  rows (concatenated over the chain for MobileNetV2), normalised; C = Σ_{i<j} cos(g_i, g_j) (0 where a norm is 0).
-  S004 writes Σ over T×T, which adds the constant T and counts each pair twice: the same ranking.  Scores are
-  summed over the batches (AC += C); low = the tasks conflict on that filter.
+  rows (concatenated over the chain for MobileNetV2; a head unit's bias entry included), normalised;
+  C = Σ_{i<j} cos(g_i, g_j) (0 where a norm is 0).  S004 writes Σ over T×T, which adds the constant T and counts
+  each pair twice: the same ranking.  Scores are summed over the batches (AC += C); low = the tasks conflict on
+  that filter.
 """
 
 from __future__ import annotations
@@ -52,16 +57,16 @@ from .registry import PruneFn, PruneInputs
 
 # The filter criteria this module computes; the methods that use them are registered by ``structured_train``.
 CRITERIA = ("taylor", "cosprune")
-RATIO_MEANING = ("fraction of the prunable backbone filters (the units listed in per_layer) removed in total, "
-                 "counting filters an earlier step already removed")
+RATIO_MEANING = ("fraction of the prunable filters (the units listed in per_layer: backbone filters, and the heads' "
+                 "hidden channels with --prune_heads) removed in total, counting filters an earlier step removed")
 
 
 # ------------------------------------------------------------------------------------------------ scores
 def _scored_params(channels: ChannelMasks, unit: FilterUnit, method: str, source: str) -> list[nn.Parameter]:
-    if method == "taylor" and source == "gate":
+    if method == "taylor" and source == "gate" and unit.bns:
         bn = channels.modules[unit.bns[-1]]
         return [bn.weight, bn.bias]
-    return [channels.modules[c].weight for c in unit.convs]
+    return [channels.modules[c].weight for c in unit.convs] + [channels.modules[c].bias for c in unit.biases]
 
 
 def _per_channel(tensors: Sequence[Tensor]) -> Tensor:
@@ -222,8 +227,9 @@ def select_lowest(scores: Mapping[str, Tensor], channels: ChannelMasks, n: int,
 def prune_structured(method: str, model: MultiTaskModel, masks: MaskSet, ratio: float,
                      batches: Sequence[Mapping[str, Tensor]], tasks: Sequence[str], device: torch.device,
                      class_weights: Tensor | None = None, *, form: str = "sq", source: str = "gate",
-                     loss_weights: Mapping[str, float] | None = None) -> dict:
-    """One-shot: score every backbone filter on ``batches`` and remove the lowest so that ``ratio`` of them are gone.
+                     loss_weights: Mapping[str, float] | None = None, heads: bool = False) -> dict:
+    """One-shot: score every filter on ``batches`` and remove the lowest so that ``ratio`` of them are gone
+    (backbone filters; with ``heads`` the heads' hidden channels too).
 
     ``masks`` is updated in place and the removed filters' conv rows, consumer columns and BN γ, β are zeroed in
     ``model``.  Returns ``{"structured": report (plain types), "channel_masks": {layer: bool tensor}}``; the
@@ -232,16 +238,17 @@ def prune_structured(method: str, model: MultiTaskModel, masks: MaskSet, ratio: 
     if method not in CRITERIA:
         raise ValueError(f"unknown structured method {method!r}; choose one of {', '.join(CRITERIA)}")
     if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"ratio must be a fraction of the backbone filters in [0, 1), got {ratio}")
+        raise ConfigError(f"ratio must be a fraction of the prunable filters in [0, 1), got {ratio}")
+    check_heads(method, heads)
     if not batches:
         raise ConfigError(f"{method} needs at least one batch to score filters (--num_batches)")
     model.to(device)
-    channels = ChannelMasks.from_model(model, masks)  # filters an earlier structured step removed stay removed
+    channels = ChannelMasks.from_model(model, masks, heads)  # filters an earlier step removed stay removed
     already = channels.pruned()
     target = round(ratio * channels.total())
     n = max(0, target - already)
     if n > removable(channels):
-        raise ConfigError(f"ratio {ratio} asks for {target} of {channels.total()} backbone filters; at most "
+        raise ConfigError(f"ratio {ratio} asks for {target} of {channels.total()} prunable filters; at most "
                          f"{already + removable(channels)} can go while every layer keeps one filter")
     input_shape = [1, *batches[0]["input"].shape[1:]]
     before = cost(model, channels, input_shape)
@@ -252,7 +259,7 @@ def prune_structured(method: str, model: MultiTaskModel, masks: MaskSet, ratio: 
     after = cost(model, channels, input_shape)
     report = {
         "criterion": describe(method, form, source),
-        "ratio": ratio, "ratio_meaning": RATIO_MEANING,
+        "ratio": ratio, "ratio_meaning": RATIO_MEANING, "heads": heads,
         "filters_total": channels.total(), "filters_removed": channels.pruned(), "filters_removed_now": n,
         "per_layer": channels.per_layer(),
         "params_before": before["params"], "params_after": after["params"],
@@ -274,5 +281,19 @@ def one_shot_step(method: str) -> PruneFn:
     """``prune_structured`` by ``method``'s criterion as a registry one-shot step (what ``pruning.py`` applies)."""
     def step(inp: PruneInputs) -> dict:
         return prune_structured(method, inp.model, inp.masks, inp.sparsity, inp.batches, inp.tasks, inp.device,
-                                class_weights=inp.class_weights)
+                                class_weights=inp.class_weights, heads=bool(inp.options.get("prune_heads")))
     return step
+
+
+def check_heads(method: str, heads: bool) -> None:
+    """Refuse head pruning where the criterion cannot rank head channels (see the module docstring)."""
+    if heads and method == "cosprune":
+        raise ConfigError("--prune_heads works with --method taylor only: CosPrune compares the tasks' gradients on a "
+                          "channel, and a task head's channels receive one task's gradient alone")
+
+
+def add_structured_args(group) -> None:
+    """The options of Taylor and CosPrune that ``pruning.py`` and ``structured_train`` share."""
+    group.add_argument("--prune_heads", action="store_true",
+                       help="Taylor: the task heads' hidden channels are prunable units too, in the same global "
+                            "ranking (default: backbone filters only, as S004)")

@@ -53,7 +53,9 @@ from .structured import (
     CRITERIA,
     RATIO_MEANING,
     ScoreAccumulator,
+    add_structured_args,
     batch_scores,
+    check_heads,
     describe,
     one_shot_step,
     reduce_of,
@@ -96,7 +98,7 @@ class StructuredPruningSchedule:
         if method not in CRITERIA:
             raise ConfigError(f"--method {method!r} is not known; choose one of {', '.join(CRITERIA)}")
         if not 0.0 < target < 1.0:
-            raise ConfigError(f"--target must be a fraction of the backbone filters in (0, 1), got {target}")
+            raise ConfigError(f"--target must be a fraction of the prunable filters in (0, 1), got {target}")
         if window <= 0 or per_step <= 0:
             raise ConfigError(f"--window and --per_step must be positive, got {window} and {per_step}")
         if method == "cosprune" and len(tasks) < 2:
@@ -106,7 +108,7 @@ class StructuredPruningSchedule:
         self.target_count = round(target * channels.total())
         cap = channels.pruned() + removable(channels)
         if self.target_count > cap:
-            raise ConfigError(f"--target {target} asks for {self.target_count} of {channels.total()} backbone filters; "
+            raise ConfigError(f"--target {target} asks for {self.target_count} of {channels.total()} prunable filters; "
                               f"at most {cap} can go while every layer keeps one filter")
         self.kwargs = {"form": form, "source": source, "class_weights": class_weights}
         self.acc = ScoreAccumulator(reduce_of(method))
@@ -176,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = OptionGroup(p)
     g.add_argument("--method", default="cosprune", help=f"{names(structured_methods())} (default: cosprune)")
     g.add_argument("--target", "--prune_ratio", dest="target", type=float, required=True,
-                   help="stop once this fraction of the prunable backbone filters is removed")
+                   help="stop once this fraction of the prunable filters is removed (backbone filters; with "
+                        "--prune_heads the heads' hidden channels too)")
     g.add_argument("--window", type=int, required=True, help="iterations of score accumulation per pruning step")
     g.add_argument("--per_step", type=int, required=True, help="filters removed per pruning step (S004: 100)")
     g.add_argument("--rewind_lr", action=argparse.BooleanOptionalAction, default=True,
@@ -186,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--taylor_source", default="gate", choices=("gate", "weight"),
                    help="Taylor: BN gate (gamma, beta; default) or the conv filter weights")
     g.add_argument("--save_each_step", action="store_true", help="also keep a checkpoint after every pruning step")
+    add_structured_args(g)
     return p
 
 
@@ -194,8 +198,9 @@ def parse_structured_args(argv: Sequence[str] | None) -> tuple[Config, Provenanc
     ours, rest = build_parser().parse_known_args(argv)
     opts = vars(ours)
     choose(opts["method"], structured_methods())
+    check_heads(opts["method"], opts["prune_heads"])
     if not 0.0 < opts["target"] < 1.0:
-        raise ConfigError(f"--target must be a fraction of the backbone filters in (0, 1), got {opts['target']}")
+        raise ConfigError(f"--target must be a fraction of the prunable filters in (0, 1), got {opts['target']}")
     if opts["window"] <= 0 or opts["per_step"] <= 0:
         raise ConfigError(f"--window and --per_step must be positive, got {opts['window']} and {opts['per_step']}")
     cfg, given, start = parse_finetune_args(rest)
@@ -222,7 +227,7 @@ class StepLog:
         return {"method": o["method"], "criterion": describe(o["method"], o["taylor_form"], o["taylor_source"]),
                 "source": o["load_checkpoint"], "target": o["target"], "target_meaning": RATIO_MEANING,
                 "target_filters": schedule.target_count, "window": o["window"], "per_step": o["per_step"],
-                "rewind_lr": o["rewind_lr"], "steps": schedule.history}
+                "rewind_lr": o["rewind_lr"], "prune_heads": o["prune_heads"], "steps": schedule.history}
 
     def write(self) -> None:
         atomic_write_text(self.save_dir / "structured.json", json.dumps(self.report(), indent=1))
@@ -243,7 +248,8 @@ def run_structured_train(cfg: Config, given: Provenance, opts: dict, dist_info: 
     """Fine-tune ``--load_checkpoint`` while the schedule removes filters; returns the ``structured.json`` report."""
     dist_info = dist_info or DistInfo()
     trainer, state = build_masked_trainer(opts["load_checkpoint"], cfg, given, dist_info, device)
-    channels = ChannelMasks.from_checkpoint(trainer.model, state, trainer.masks).to(trainer.device)
+    channels = ChannelMasks.from_checkpoint(trainer.model, state, trainer.masks, opts["prune_heads"])
+    channels.to(trainer.device)
     channels.attach(trainer)
     if channels not in trainer.step_hooks:  # nothing pruned yet: still enforce once pruning starts
         trainer.step_hooks.append(channels)
@@ -256,19 +262,20 @@ def run_structured_train(cfg: Config, given: Provenance, opts: dict, dist_info: 
     trainer.train()
     if trainer.is_main:
         log.write()
-        trainer.log.info(f"done: {trainer.iteration} iterations, {channels.pruned()}/{channels.total()} backbone "
-                         f"filters removed ({len(log.schedule.history)} pruning steps), checkpoint {log.save_dir}")
+        trainer.log.info(f"done: {trainer.iteration} iterations, {channels.pruned()}/{channels.total()} "
+                         f"prunable filters removed ({len(log.schedule.history)} pruning steps), "
+                         f"checkpoint {log.save_dir}")
     return log.report()
 
 
 TAYLOR = register(Method(
     name="taylor", kind="structured", label="Taylor (filters)", run=run_structured_train, command=COMMAND,
     about="filters ranked by the Taylor estimate of the loss change (Molchanov et al., 2019)",
-    prune=one_shot_step("taylor"), needs_batches=True))
+    add_args=add_structured_args, prune=one_shot_step("taylor"), needs_batches=True))
 COSPRUNE = register(Method(
     name="cosprune", kind="structured", label="CosPrune (filters)", run=run_structured_train, command=COMMAND,
     about="filters ranked by how well the tasks' gradients agree on them (S004)",
-    prune=one_shot_step("cosprune"), needs_batches=True))
+    add_args=add_structured_args, prune=one_shot_step("cosprune"), needs_batches=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Inference latency and peak memory: dense vs AdapMTL-sparse vs physically smaller structured-pruned networks.
+"""Inference latency and peak memory: dense vs AdapMTL (sparse, and compacted) vs structured-pruned networks.
 
 Variants, all eval mode under ``torch.no_grad()`` on the same random input batch:
 
@@ -8,18 +8,25 @@ Variants, all eval mode under ``torch.no_grad()`` on the same random input batch
   ``--checkpoint`` keeps its own learned thresholds).  It runs the SAME dense kernels: unstructured sparsity
   gives no speed-up and no memory saving here; its gains are storage (``python -m main.export``) and the
   theoretical zero-skipping FLOPs ``test.py`` reports.
+* ``adapmtl_compact``: ``adapmtl_sparse`` with every dead channel physically removed and the constants dead
+  channels carry folded (``main.compaction``, what ``python -m main.export --compact`` writes); the JSON gives
+  its per-component table of all-zero filters and removed channels (``dead_filters``).  Exact: same outputs.
 * ``taylor_50`` / ``taylor_75`` / ``cosprune_50`` / ``cosprune_75``: 50% / 75% of the prunable backbone filters
   removed by the real selection code (``SOTA_methods.structured.prune_structured``, scored on ``--num_batches``
   batches of the run's data; ranking quality is irrelevant for latency) and physically compacted
-  (``SOTA_methods.compact.compact_model``): smaller convs, smaller activations.
+  (``SOTA_methods.compact``): smaller convs, smaller activations.
+* ``taylor_heads_at_adapmtl_flops``: Taylor with the heads' hidden channels as units too (``--prune_heads``),
+  removing as few filters as gets its compacted FLOPs to ``adapmtl_compact``'s (CosPrune cannot rank head
+  channels, so it cannot be matched there).
 
-Latency: after ``--warmup`` rounds, ``--repeats`` rounds in which every variant runs one forward, the variant
-order rotating each round so machine noise hits all alike; the median per variant and all ratios come from one
-run (CUDA: timed between ``torch.cuda.synchronize()`` calls).  Memory: see ``MEMORY_METHOD``.  On CUDA the
-2:4 semi-structured sparsity of ``torch.sparse.to_sparse_semi_structured`` is reported where it applies (it
-accelerates 2-D matmul weights; these networks are all convolutions).
+Latency, for every ``--batch`` x ``--threads`` setting: after ``--warmup`` rounds, ``--repeats`` rounds in which
+every variant runs one forward, the variant order rotating each round so machine noise hits all alike; the median
+per variant and all ratios come from one run (CUDA: timed between ``torch.cuda.synchronize()`` calls).  Memory:
+see ``MEMORY_METHOD``.  On CUDA the 2:4 semi-structured sparsity of ``torch.sparse.to_sparse_semi_structured`` is
+reported where it applies (it accelerates 2-D matmul weights; these networks are all convolutions).
 
-    python -m bench.inference [--width_mult 1 --input 321 --batch 1] [--checkpoint CKPT] [--out FILE]
+    python -m bench.inference [--width_mult 1 --input 64] [--batch 1 8] [--threads 1 2] [--checkpoint CKPT]
+                              [--out FILE]
 """
 
 from __future__ import annotations
@@ -39,14 +46,16 @@ from torch import Tensor, nn
 
 from main.channel_masks import ChannelMasks
 from main.checkpoint import load_checkpoint, model_from_checkpoint
+from main.compaction import compact_model
 from main.config import Config
 from main.data import build_dataset, dataset_info
 from main.device import resolve_device
 from main.masks import MaskSet
 from main.models import MultiTaskModel, model_for
 from main.precision import autocast, to_channels_last
-from SOTA_methods.compact import compact_model, count_flops, count_params
-from SOTA_methods.structured import prune_structured
+from SOTA_methods.compact import compact_model as structured_compact
+from SOTA_methods.compact import count_flops, count_params
+from SOTA_methods.structured import accumulate_scores, prune_structured, removable, select_lowest
 
 MEMORY_METHOD = {
     "cpu": ("peak_activation_mb: the highest total of bytes live in torch's CPU allocator during one forward, above "
@@ -102,7 +111,43 @@ def structured_variant(dense: MultiTaskModel, method: str, ratio: float, batches
     report = result["structured"]
     info = {"criterion": report["criterion"], "filters_removed": report["filters_removed"],
             "filters_total": report["filters_total"], "ratio_meaning": report["ratio_meaning"]}
-    return compact_model(work, channels).eval(), info
+    return structured_compact(work, channels).eval(), info
+
+
+def compact_variant(sparse: MultiTaskModel) -> tuple[MultiTaskModel, dict]:
+    """The AdapMTL model with its dead channels removed and their constants folded (``main.compaction``)."""
+    small, report = compact_model(sparse)
+    return small.eval(), {"compaction": "main.compaction.compact_model (dead channels removed, constants folded)",
+                          "dead_filters": report}
+
+
+def taylor_at_flops(dense: MultiTaskModel, target_flops: int, batches: list[dict], tasks: tuple[str, ...],
+                    device: torch.device, class_weights: Tensor | None, side: int) -> tuple[MultiTaskModel, dict]:
+    """Taylor with the heads' hidden channels as units too (``--prune_heads``), removing the fewest filters of its
+    one global ranking whose compacted network needs at most ``target_flops`` per image (bisection on the count).
+    CosPrune cannot rank head channels (``SOTA_methods.structured.check_heads``), so only Taylor is matched."""
+    work = copy.deepcopy(dense)
+    channels = ChannelMasks(work, heads=True)
+    scores = accumulate_scores(work, channels, batches, tasks, "taylor", class_weights=class_weights)
+
+    def pruned(n: int) -> tuple[ChannelMasks, int]:
+        ch = ChannelMasks(work, heads=True)
+        ch.remove(select_lowest(scores, ch, n))
+        return ch, count_flops(structured_compact(work, ch), (1, 3, side, side))
+
+    lo, hi = 0, removable(channels)
+    reachable = pruned(hi)[1] <= target_flops
+    while reachable and hi - lo > 1:  # invariant: flops(lo) > target >= flops(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if pruned(mid)[1] <= target_flops else (mid, hi)
+    chosen, flops = pruned(hi)
+    chosen.install(MaskSet(work))
+    heads_removed = sum(int((~chosen.keep[u.name]).sum()) for u in chosen.units if u.is_head)
+    return structured_compact(work, chosen).eval(), {
+        "criterion": "taylor (BN gate; head channels: conv row and bias), backbone and head hidden channels in one "
+                     "global ranking", "filters_removed": chosen.pruned(), "filters_total": chosen.total(),
+        "head_channels_removed": heads_removed, "target_flops": target_flops, "flops_reached": flops,
+        "target_reachable": reachable}
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -202,37 +247,12 @@ def scoring_batches(cfg: Config, n: int, batch: int) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--architecture", choices=["resnet34", "mobilenetv2"], help="default: the preset's (resnet34)")
-    p.add_argument("--width_mult", type=float, help="default: the preset's (0.125)")
-    p.add_argument("--input", type=int, help="square input side (default: the preset's crop_size, 96)")
-    p.add_argument("--batch", type=int, help="images per forward (default: the preset's batch_size, 8)")
-    p.add_argument("--checkpoint", help="trained checkpoint (its config sets architecture and width)")
-    p.add_argument("--sparsity", type=float, default=0.9, help="AdapMTL-sparse: zero fraction per component")
-    p.add_argument("--num_batches", type=int, default=2, help="batches that score the structured filters")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast for every variant")
-    p.add_argument("--channels_last", action="store_true", help="NHWC models and input")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
-    p.add_argument("--out", help="also write the JSON here")
-    ns = p.parse_args(argv)
-    if ns.threads:
-        torch.set_num_threads(ns.threads)
-    device = resolve_device(ns.device)
-    t_start = time.perf_counter()
-
-    cfg, dense, weights, learned = build_dense(ns, device)
-    batch_size = ns.batch or cfg.batch_size
+def build_variants(ns: argparse.Namespace, cfg: Config, dense: MultiTaskModel, learned: bool,
+                   device: torch.device) -> tuple[dict[str, MultiTaskModel], dict[str, dict]]:
+    """Every variant's model (eval mode) and what describes it."""
     info = dataset_info(cfg)
     class_weights = info.class_weights.to(device) if info.class_weights is not None else None
-    dense.eval()
-
-    models: dict[str, MultiTaskModel] = {"dense": dense}
+    models: dict[str, MultiTaskModel] = {"dense": dense.eval()}
     extra: dict[str, dict] = {"dense": {}}
     sparse = copy.deepcopy(dense)
     if learned:
@@ -244,66 +264,108 @@ def main(argv: list[str] | None = None) -> int:
     extra["adapmtl_sparse"] = {"thresholds": "learned (checkpoint)" if learned else
                                f"chosen so {ns.sparsity:.0%} of each component's conv weights are zero",
                                "kernels": "dense (same as dense)"}
-    batches = scoring_batches(cfg, ns.num_batches, batch_size)
+    models["adapmtl_compact"], extra["adapmtl_compact"] = compact_variant(sparse)
+    batches = scoring_batches(cfg, ns.num_batches, cfg.batch_size)
     for method, ratio in STRUCTURED:
         name = f"{method}_{round(100 * ratio)}"
         models[name], extra[name] = structured_variant(dense, method, ratio, batches, info.tasks, device,
                                                        class_weights)
-    t_setup = time.perf_counter() - t_start
+    target = count_flops(models["adapmtl_compact"], (1, 3, cfg.crop_size, cfg.crop_size))
+    models["taylor_heads_at_adapmtl_flops"], extra["taylor_heads_at_adapmtl_flops"] = taylor_at_flops(
+        dense, target, batches, info.tasks, device, class_weights, cfg.crop_size)
+    return models, extra
 
-    shape = (batch_size, 3, cfg.crop_size, cfg.crop_size)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(ns.seed)).to(device)
-    x = to_channels_last(x, ns.channels_last)
+
+def static_costs(models: dict[str, MultiTaskModel], extra: dict[str, dict], side: int) -> dict[str, dict]:
+    """Per variant: parameters, non-zeros, weight bytes and FLOPs per image, with ratios to dense."""
+    out = {}
+    for n, m in models.items():
+        out[n] = {"params": count_params(m), "nonzero_params": nonzero_params(m),
+                  "backbone_params": count_params(m.backbone), "weights_mb": weight_bytes(m) / 2**20,
+                  "flops_per_image": count_flops(m, (1, 3, side, side)), **extra[n]}
+    base = out["dense"]
+    for v in out.values():
+        v["vs_dense"] = {k: v[k] / base[k] for k in ("params", "nonzero_params", "backbone_params", "weights_mb",
+                                                      "flops_per_image")}
+    return out
+
+
+def measure_setting(models: dict[str, MultiTaskModel], ns: argparse.Namespace, device: torch.device, side: int,
+                    batch: int, threads: int, weights_mb: dict[str, float]) -> dict:
+    """Latency and peak memory of every variant at one batch size and thread count."""
+    torch.set_num_threads(threads)
+    x = torch.randn((batch, 3, side, side), generator=torch.Generator().manual_seed(ns.seed)).to(device)
+    fns = {n: forward_fn(m, to_channels_last(x, ns.channels_last), ns.amp, device) for n, m in models.items()}
+    times = time_all(fns, ns.warmup, ns.repeats, device.type == "cuda")
+    peaks = {n: peak_activation_bytes(fn, device) / 2**20 for n, fn in fns.items()}
+    latency = {n: 1e3 * statistics.median(t) for n, t in times.items()}
+    return {"batch": batch, "threads": torch.get_num_threads(),
+            "latency_ms": latency, "latency_ms_min": {n: 1e3 * min(t) for n, t in times.items()},
+            "latency_ms_max": {n: 1e3 * max(t) for n, t in times.items()},
+            "peak_activation_mb": peaks, "peak_total_mb": {n: peaks[n] + weights_mb[n] for n in models},
+            "latency_vs_dense": {n: v / latency["dense"] for n, v in latency.items()},
+            "peak_total_vs_dense": {n: (peaks[n] + weights_mb[n]) / (peaks["dense"] + weights_mb["dense"])
+                                    for n in models}}
+
+
+def measurement_notes(ns: argparse.Namespace, device: torch.device) -> dict:
+    return {
+        "latency": (f"per setting (batch, threads): median of {ns.repeats} forwards per variant after {ns.warmup} "
+                    "warm-up rounds, eval mode, torch.no_grad(), variants interleaved with rotating order; "
+                    "ratios from this one run"),
+        "memory": MEMORY_METHOD["cuda" if device.type == "cuda" else "cpu"],
+        "params": ("parameters stored (thresholds excluded; the folded constant maps of adapmtl_compact are buffers, "
+                   "in weights_mb); nonzero_params counts non-zero entries; taylor_*/cosprune_* remove backbone "
+                   "filters only (BasicBlock conv1 / MobileNetV2 hidden channels), taylor_heads_at_adapmtl_flops "
+                   "also the heads' hidden channels"),
+        "flops": "per image, torch.utils.flop_counter (2 x MACs of convs; zeros counted: dense kernels)",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--architecture", choices=["resnet34", "mobilenetv2"], help="default: the preset's (resnet34)")
+    p.add_argument("--width_mult", type=float, help="default: the preset's (0.125)")
+    p.add_argument("--input", type=int, help="square input side (default: the preset's crop_size, 96)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="images per forward, each measured")
+    p.add_argument("--checkpoint", help="trained checkpoint (its config sets architecture and width)")
+    p.add_argument("--sparsity", type=float, default=0.9, help="AdapMTL-sparse: zero fraction per component")
+    p.add_argument("--num_batches", type=int, default=2, help="batches that score the structured filters")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                   help="torch.set_num_threads values, each measured (0: torch's default at start)")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast for every variant")
+    p.add_argument("--channels_last", action="store_true", help="NHWC models and input")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
+    p.add_argument("--out", help="also write the JSON here")
+    ns = p.parse_args(argv)
+    device = resolve_device(ns.device)
+    default_threads = torch.get_num_threads()
+    t_start = time.perf_counter()
+    cfg, dense, weights, learned = build_dense(ns, device)
+    models, extra = build_variants(ns, cfg, dense, learned, device)
     for m in models.values():
-        m.eval()
         if ns.channels_last:
             m.to(memory_format=torch.channels_last)
-    fns = {n: forward_fn(m, x, ns.amp, device) for n, m in models.items()}
-    times = time_all(fns, ns.warmup, ns.repeats, device.type == "cuda")
-    peaks = {n: peak_activation_bytes(fn, device) for n, fn in fns.items()}
-
-    variants = {}
-    for n, m in models.items():
-        ts = sorted(times[n])
-        wb = weight_bytes(m)
-        variants[n] = {
-            "latency_ms": 1e3 * statistics.median(ts), "latency_ms_min": 1e3 * ts[0], "latency_ms_max": 1e3 * ts[-1],
-            "peak_activation_mb": peaks[n] / 2**20, "weights_mb": wb / 2**20, "peak_total_mb": (peaks[n] + wb) / 2**20,
-            "params": count_params(m), "nonzero_params": nonzero_params(m), "backbone_params": count_params(m.backbone),
-            "flops_per_image": count_flops(m, (1, 3, cfg.crop_size, cfg.crop_size)),
-            **extra[n],
-        }
-    base = variants["dense"]
-    for v in variants.values():
-        v["vs_dense"] = {k: v[key] / base[key] for k, key in (
-            ("latency", "latency_ms"), ("peak_total_memory", "peak_total_mb"),
-            ("peak_activation_memory", "peak_activation_mb"), ("params", "params"),
-            ("nonzero_params", "nonzero_params"), ("backbone_params", "backbone_params"),
-            ("flops", "flops_per_image"))}
+    variants = static_costs(models, extra, cfg.crop_size)
+    t_setup = time.perf_counter() - t_start
+    weights_mb = {n: v["weights_mb"] for n, v in variants.items()}
+    settings = [measure_setting(models, ns, device, cfg.crop_size, b, t or default_threads, weights_mb)
+                for t in ns.threads for b in ns.batch]
     sparsity = 1 - variants["adapmtl_sparse"]["nonzero_params"] / variants["adapmtl_sparse"]["params"]
     result = {
-        "bench": "inference",
-        "device": str(device),
+        "bench": "inference", "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
         f"{platform.machine()} {platform.processor() or 'cpu'}, {os.cpu_count()} logical CPUs",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "architecture": cfg.architecture, "width_mult": cfg.width_mult, "input_shape": list(shape),
-        "amp": ns.amp, "channels_last": ns.channels_last, "weights": weights,
-        "measurement": {
-            "latency": (f"median of {ns.repeats} forwards per variant after {ns.warmup} warm-up rounds, eval mode, "
-                        "torch.no_grad(), variants interleaved with rotating order; ratios from this one run"),
-            "memory": MEMORY_METHOD["cuda" if device.type == "cuda" else "cpu"],
-            "params": ("parameters stored (thresholds excluded); nonzero_params counts non-zero entries; structured "
-                       "pruning removes backbone BasicBlock conv1 filters only (heads and residual widths stay)"),
-            "flops": "per image, torch.utils.flop_counter (2 x MACs of convs; zeros counted: dense kernels)",
-        },
-        "adapmtl_overall_param_sparsity": sparsity,
-        "unstructured_sparsity": UNSTRUCTURED_NOTE,
-        "semi_structured_2_4": semi_structured_status(models, device),
-        "variants": variants,
-        "setup_s": t_setup, "total_s": time.perf_counter() - t_start,
-        "note": ns.note,
+        "torch": torch.__version__, "architecture": cfg.architecture, "width_mult": cfg.width_mult,
+        "input_side": cfg.crop_size, "amp": ns.amp, "channels_last": ns.channels_last, "weights": weights,
+        "measurement": measurement_notes(ns, device), "adapmtl_overall_param_sparsity": sparsity,
+        "unstructured_sparsity": UNSTRUCTURED_NOTE, "semi_structured_2_4": semi_structured_status(models, device),
+        "variants": variants, "settings": settings,
+        "setup_s": t_setup, "total_s": time.perf_counter() - t_start, "note": ns.note,
     }
     text = json.dumps(result, indent=1)
     print(text)

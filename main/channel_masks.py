@@ -1,4 +1,4 @@
-"""Filter (output-channel) masks of the backbone: which filters are removed, enforced through a ``MaskSet``.
+"""Filter (output-channel) masks: which filters are removed, enforced through a ``MaskSet``.
 
 One module, imported by structured pruning (which decides what to remove), compaction (which removes it
 physically) and ``finetune.py`` (which keeps it removed while training), so none of them imports another.
@@ -11,6 +11,10 @@ else depends on.
 * MobileNetV2: the hidden channels of each inverted residual: pw-expand output = depthwise channels = pw-linear
   input, never touched by a residual add.  In the ``t = 1`` first block the hidden channels are the stem's outputs;
   they form a unit too when that block has no shortcut (full width), otherwise they are coupled and skipped.
+* Task heads (only with ``heads=True``: S004 prunes the shared backbone alone, so that stays the default): the
+  hidden channels of every ASPP branch, ``conv1`` (read by ``conv2``) and ``conv2`` (read by the classifier
+  ``conv3``).  These convs have a bias and no BatchNorm, so a removed channel also has its bias entry zeroed: it
+  then emits relu(0) = 0, exactly as a removed backbone filter does.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .masks import MaskSet
-from .models import BACKBONE, MultiTaskModel
+from .models import BACKBONE, HEADS, MultiTaskModel
 from .models.mobilenetv2 import InvertedResidual, MobileNetV2
 from .models.resnet import BasicBlock, DeeplabResNet34
 
@@ -31,9 +35,10 @@ from .models.resnet import BasicBlock, DeeplabResNet34
 class FilterUnit:
     """One layer of prunable filters; channel c of it is one unit.
 
-    ``name`` is the producing conv's model path, which is also its ``MaskSet`` name ("backbone.<layer>").
+    ``name`` is the producing conv's model path (its ``MaskSet`` name is ``mask_key(name)``).
     ``convs`` are the convs whose OUTPUT channel c is the unit (the producer, then depthwise convs), ``bns`` the
-    BatchNorms on that chain, ``consumer`` the conv that reads channel c (its input columns).
+    BatchNorms on that chain, ``consumer`` the conv that reads channel c (its input columns), ``biases`` the convs
+    whose bias entry c is zeroed with the channel (head convs, which have no BatchNorm).
     """
 
     name: str
@@ -41,6 +46,11 @@ class FilterUnit:
     bns: tuple[str, ...]
     consumer: str
     channels: int
+    biases: tuple[str, ...] = ()
+
+    @property
+    def is_head(self) -> bool:
+        return self.name.startswith(f"{HEADS}.")
 
 
 def _is_conv_bn_act(m: nn.Module) -> bool:
@@ -79,16 +89,42 @@ def filter_units(model: MultiTaskModel) -> list[FilterUnit]:
     return units
 
 
+def head_units(model: MultiTaskModel) -> list[FilterUnit]:
+    """The hidden channels of every task head's ASPP branches, in model order (see the module docstring)."""
+    units: list[FilterUnit] = []
+    for task, head in model.heads.items():
+        for branch_name in head.branch_names:
+            p, branch = f"{HEADS}.{task}.{branch_name}", getattr(head, branch_name)
+            for conv, consumer in (("conv1", "conv2"), ("conv2", "conv3")):
+                units.append(FilterUnit(f"{p}.{conv}", (f"{p}.{conv}",), (), f"{p}.{consumer}",
+                                        getattr(branch, conv).out_channels, biases=(f"{p}.{conv}",)))
+    return units
+
+
+def mask_key(path: str) -> str:
+    """The ``MaskSet`` name of the conv at model path ``path``: "<component>.<layer>" (a head's component is its
+    task, so "heads.<task>.fc1.conv1" is "<task>.fc1.conv1"; backbone paths are their own names)."""
+    return path[len(HEADS) + 1:] if path.startswith(f"{HEADS}.") else path
+
+
+def _channel_params(modules: Mapping[str, nn.Module], unit: FilterUnit) -> list[nn.Parameter]:
+    """The per-channel parameters zeroed with a removed channel: BatchNorm γ and β, and head conv biases."""
+    params = [p for bn in unit.bns for p in (modules[bn].weight, modules[bn].bias)]
+    return params + [modules[conv].bias for conv in unit.biases]
+
+
 class ChannelMasks:
     """Which filters of each unit layer are kept (True), bound to one model.
 
     ``install`` writes the removed filters into a ``MaskSet`` (conv rows and consumer columns) and zeroes the
-    BatchNorm γ and β; the instance is also a ``Trainer`` step hook (``hook(trainer, iteration, batch)``) that
-    re-zeroes γ and β after every optimiser step, since the ``MaskSet`` only covers conv weights.
+    BatchNorm γ and β (head convs: the bias); the instance is also a ``Trainer`` step hook (``hook(trainer,
+    iteration, batch)``) that re-zeroes them after every optimiser step, since the ``MaskSet`` only covers conv
+    weights.  ``heads``: the task heads' hidden channels are units too.
     """
 
-    def __init__(self, model: MultiTaskModel) -> None:
-        self.units = filter_units(model)
+    def __init__(self, model: MultiTaskModel, heads: bool = False) -> None:
+        self.units = filter_units(model) + (head_units(model) if heads else [])
+        self.heads = heads
         self.by_name = {u.name: u for u in self.units}
         self.modules = {name: m for name, m in model.named_modules()}
         self.keep: dict[str, Tensor] = {u.name: torch.ones(u.channels, dtype=torch.bool) for u in self.units}
@@ -117,24 +153,22 @@ class ChannelMasks:
     def write_into(self, masks: MaskSet) -> None:
         """Removed filters become False rows (chain convs) and False input columns (consumer) of ``masks``."""
         for u in self.units:
-            gone = ~self.keep[u.name].to(masks.masks[u.consumer].device)
+            consumer = mask_key(u.consumer)
+            gone = ~self.keep[u.name].to(masks.masks[consumer].device)
             if not bool(gone.any()):
                 continue
-            for conv in u.convs:
+            for conv in map(mask_key, u.convs):
                 masks.masks[conv] = masks.masks[conv].clone()
                 masks.masks[conv][gone] = False
-            masks.masks[u.consumer] = masks.masks[u.consumer].clone()
-            masks.masks[u.consumer][:, gone] = False
+            masks.masks[consumer] = masks.masks[consumer].clone()
+            masks.masks[consumer][:, gone] = False
 
     @torch.no_grad()
     def apply(self) -> None:
-        """Zero γ and β of every BatchNorm on a removed filter's chain."""
+        """Zero γ and β of every BatchNorm on a removed filter's chain, and a head conv's bias entry."""
         for u in self.units:
-            for bn in u.bns:
-                m = self.modules[bn]
-                keep = self.keep[u.name].to(m.weight.device, m.weight.dtype)
-                m.weight.mul_(keep)
-                m.bias.mul_(keep)
+            for p in _channel_params(self.modules, u):
+                p.mul_(self.keep[u.name].to(p.device, p.dtype))
 
     def install(self, masks: MaskSet) -> None:
         """Make the current keep-vectors effective: ``masks`` updated, pruned weights and BN parameters zeroed."""
@@ -144,14 +178,13 @@ class ChannelMasks:
 
     @torch.no_grad()
     def zero_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clear Adam / momentum state of the zeroed BN parameters (the MaskSet does the same for conv weights)."""
+        """Clear Adam / momentum state of the zeroed BN parameters and biases (the MaskSet does the same for conv
+        weights)."""
         for u in self.units:
-            for bn in u.bns:
-                m = self.modules[bn]
-                for p in (m.weight, m.bias):
-                    for value in optimizer.state.get(p, {}).values():
-                        if isinstance(value, Tensor) and value.shape == p.shape:
-                            value.mul_(self.keep[u.name].to(value.device, value.dtype))
+            for p in _channel_params(self.modules, u):
+                for value in optimizer.state.get(p, {}).values():
+                    if isinstance(value, Tensor) and value.shape == p.shape:
+                        value.mul_(self.keep[u.name].to(value.device, value.dtype))
 
     def __call__(self, trainer, iteration: int, batch: Mapping[str, Tensor]) -> None:
         self.apply()
@@ -188,29 +221,39 @@ class ChannelMasks:
             self.keep[n] = k.to(device=self.keep[n].device, dtype=torch.bool)
 
     @classmethod
-    def from_model(cls, model: MultiTaskModel, masks: MaskSet) -> ChannelMasks:
-        """Recover removed filters from a masked model: every chain row masked off and every chain γ, β zero.
+    def from_model(cls, model: MultiTaskModel, masks: MaskSet, heads: bool | None = None) -> ChannelMasks:
+        """Recover removed filters from a masked model: every chain row masked off and every per-channel parameter
+        (BatchNorm γ and β, head conv bias) zero.
 
-        Trainer checkpoints (fine-tuning, the training schedule) carry the ``MaskSet`` and the zeroed BN
-        parameters but no channel masks, so this is how a later step finds the structure again.  Both
-        conditions are required: an all-zero row of an unstructured mask alone does not make a channel emit 0.
+        Trainer checkpoints (fine-tuning, the training schedule) carry the ``MaskSet`` and the zeroed parameters
+        but no channel masks, so this is how a later step finds the structure again.  Both conditions are
+        required: an all-zero row of an unstructured mask alone does not make a channel emit 0.  ``heads``: head
+        channels are units (None: only if some head channel is found removed).
         """
-        cm = cls(model)
+        cm = cls(model, heads=heads is not False)
         for u in cm.units:
             gone = torch.ones(u.channels, dtype=torch.bool)
             for conv in u.convs:
-                gone &= ~masks.masks[conv].flatten(1).any(1).cpu()
-            for bn in u.bns:
-                m = cm.modules[bn]
-                gone &= ((m.weight.detach() == 0) & (m.bias.detach() == 0)).cpu()
+                gone &= ~masks.masks[mask_key(conv)].flatten(1).any(1).cpu()
+            for p in _channel_params(cm.modules, u):
+                gone &= (p.detach() == 0).cpu()
             cm.keep[u.name] = ~gone
+        if heads is None and all(bool(cm.keep[u.name].all()) for u in cm.units if u.is_head):
+            found = cm
+            cm = cls(model)
+            cm.keep = {n: found.keep[n] for n in cm.keep}
         return cm
 
     @classmethod
-    def from_checkpoint(cls, model: MultiTaskModel, state: Mapping | None, masks: MaskSet) -> ChannelMasks:
-        """The checkpoint's ``channel_masks`` entry (written by pruning.py), else ``from_model``."""
-        if state is not None and state.get("channel_masks") is not None:
-            cm = cls(model)
-            cm.load_state_dict(state["channel_masks"])
-            return cm
-        return cls.from_model(model, masks)
+    def from_checkpoint(cls, model: MultiTaskModel, state: Mapping | None, masks: MaskSet,
+                        heads: bool = False) -> ChannelMasks:
+        """The checkpoint's ``channel_masks`` entry (written by pruning.py), else ``from_model``.  Head channels are
+        units when the checkpoint pruned some, and with ``heads`` (to prune them from now on) in any case."""
+        stored = state.get("channel_masks") if state is not None else None
+        if stored is None:
+            return cls.from_model(model, masks, True if heads else None)
+        has_heads = any(name.startswith(f"{HEADS}.") for name in stored)
+        cm = cls(model, heads=heads or has_heads)
+        unpruned_heads = {u.name: cm.keep[u.name] for u in cm.units if u.is_head}
+        cm.load_state_dict({**unpruned_heads, **stored})
+        return cm

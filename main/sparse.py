@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import conv_taps
+
 
 class _SoftThreshold(torch.autograd.Function):
     """``W − clamp(W, −tau, tau)`` with a hand-written backward.
@@ -256,7 +258,7 @@ class SoftThresholdConv2d(nn.Conv2d):
         else:
             self.last_nnz = None  # never a count of an earlier forward
             weight = soft_threshold(self.weight, self.tau, self if self.record_nnz else None, self.fused_cpu)
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv_taps.conv2d(self, x, weight)  # kernel taps that only read zero padding are skipped
 
 
 def sparse_convs(module: nn.Module) -> list[tuple[str, SoftThresholdConv2d]]:

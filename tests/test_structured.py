@@ -10,8 +10,9 @@ import torch
 import main.cli.finetune as finetune
 import main.cli.train as baseline
 import SOTA_methods.cli as pruning
-from main.channel_masks import ChannelMasks, filter_units
+from main.channel_masks import ChannelMasks, filter_units, mask_key
 from main.checkpoint import load_checkpoint
+from main.config import ConfigError
 from main.masks import MaskSet
 from main.models import build_model
 from SOTA_methods import compact, structured_train
@@ -52,17 +53,21 @@ def dense_ckpt(tmp_path_factory):
 
 
 def assert_filters_removed(model, masks, channels):
-    """Every removed filter: zero conv rows (chain), zero consumer columns, zero BN gamma and beta, mask False."""
+    """Every removed filter: zero conv rows (chain), zero consumer columns, zero BN gamma and beta (head convs: zero
+    bias), mask False; kept filters untouched."""
     mods = dict(model.named_modules())
     for u in channels.units:
         gone = ~channels.keep[u.name]
         for conv in u.convs:
-            assert torch.all(mods[conv].weight[gone] == 0) and not masks.masks[conv][gone].any()
-        assert torch.all(mods[u.consumer].weight[:, gone] == 0) and not masks.masks[u.consumer][:, gone].any()
+            assert torch.all(mods[conv].weight[gone] == 0) and not masks.masks[mask_key(conv)][gone].any()
+            assert torch.all(mods[conv].weight[~gone].flatten(1).abs().sum(1) > 0)
+        consumer = mask_key(u.consumer)
+        assert torch.all(mods[u.consumer].weight[:, gone] == 0) and not masks.masks[consumer][:, gone].any()
         for bn in u.bns:
             assert torch.all(mods[bn].weight[gone] == 0) and torch.all(mods[bn].bias[gone] == 0)
-        # kept filters are untouched
-        assert torch.all(mods[u.bns[-1]].weight[~gone] != 0)
+            assert torch.all(mods[bn].weight[~gone] != 0)
+        for conv in u.biases:
+            assert torch.all(mods[conv].bias[gone] == 0) and torch.all(mods[conv].bias[~gone] != 0)
 
 
 def test_filter_units_avoid_residual_adds():
@@ -130,6 +135,54 @@ def test_compact_export_matches_masked_model(arch, batches, tmp_path):
     assert all(torch.equal(b[t], c[t]) for t in TASKS)
 
 
+def test_head_units_are_the_aspp_hidden_channels():
+    model = tiny("resnet34")
+    units = ChannelMasks(model, heads=True).units
+    heads = [u for u in units if u.is_head]
+    assert len(units) - len(heads) == len(filter_units(model)) and len(heads) == len(TASKS) * 4 * 2
+    assert {(u.name.rsplit(".", 1)[1], u.consumer.rsplit(".", 1)[1]) for u in heads} == {("conv1", "conv2"),
+                                                                                         ("conv2", "conv3")}
+    assert all(u.biases == u.convs and not u.bns for u in heads)
+
+
+@pytest.mark.parametrize("arch", ["resnet34", "mobilenetv2"])
+def test_prune_heads_removes_head_channels_exactly(arch, batches):
+    model = tiny(arch)
+    masks = MaskSet(model)
+    rep = prune_structured("taylor", model, masks, 0.4, batches[:1], TASKS, CPU, heads=True)
+    channels = ChannelMasks(model, heads=True)
+    channels.load_state_dict(rep["channel_masks"])
+    removed = {t: sum(int((~channels.keep[u.name]).sum()) for u in channels.units if u.name.startswith(f"heads.{t}."))
+               for t in TASKS}
+    assert channels.pruned() == round(0.4 * channels.total()) and all(removed.values()), removed
+    assert rep["structured"]["heads"] is True
+    assert_filters_removed(model, masks, channels)
+    # the structure is found again from the masks and zero biases alone, head units detected
+    found = ChannelMasks.from_model(model, masks)
+    assert found.heads and {n: k.tolist() for n, k in found.keep.items()} == {n: k.tolist() for n, k in
+                                                                             channels.keep.items()}
+    # removed head channels emit exactly 0: the physically smaller network computes the same outputs
+    small = compact_model(model, channels).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a, b = model.eval()(x), small(x)
+    assert all(torch.allclose(a[t], b[t], atol=1e-5, rtol=0) for t in TASKS)
+    assert count_params(small) < count_params(compact_model(model, ChannelMasks.from_model(model, masks, False)))
+
+
+def test_channel_masks_from_checkpoint_adds_unpruned_heads_on_request(batches):
+    model = tiny("resnet34")
+    masks = MaskSet(model)
+    stored = prune_structured("taylor", model, masks, 0.3, batches[:1], TASKS, CPU)["channel_masks"]
+    plain = ChannelMasks.from_checkpoint(model, {"channel_masks": stored}, masks)
+    assert not plain.heads and set(plain.keep) == set(stored)
+    more = ChannelMasks.from_checkpoint(model, {"channel_masks": stored}, masks, heads=True)
+    assert more.heads and more.pruned() == plain.pruned()
+    assert all(bool(more.keep[u.name].all()) for u in more.units if u.is_head)
+    with pytest.raises(ValueError, match="do not match"):
+        ChannelMasks.from_checkpoint(model, {"channel_masks": {**stored, "backbone.nope": torch.ones(3)}}, masks)
+
+
 def test_cosprune_invariant_to_task_loss_scale(batches):
     model = tiny("resnet34")
     channels = ChannelMasks(model)
@@ -178,6 +231,31 @@ def test_pruning_cli_then_finetune_keeps_filters_removed(dense_ckpt, tmp_path):
     saved = torch.load(small, weights_only=True)
     assert saved["compact"]["channels"] == {n: int(k.sum()) for n, k in state["channel_masks"].items()}
     assert saved["params"] < saved["params_before"] and saved["flops"] < saved["flops_before"]
+
+
+def test_prune_heads_cli_then_finetune_keeps_head_channels_removed(dense_ckpt, tmp_path):
+    out = tmp_path / "taylor"
+    assert pruning.main(["--load_checkpoint", str(dense_ckpt), "--method", "taylor", "--prune_heads", "--prune_ratio",
+                         "0.3", "--save_dir", str(out), "--num_batches", "1", "--progress", "off"]) == 0
+    state = load_checkpoint(out / CKPT)
+    heads = {n: k for n, k in state["channel_masks"].items() if n.startswith("heads.")}
+    assert heads and any(not bool(k.all()) for k in heads.values())
+    ft = tmp_path / "ft"
+    assert finetune.main(["--load_checkpoint", str(out / CKPT), "--iters", "2", "--save_dir", str(ft),
+                          "--lr", "1e-2"]) == 0
+    sd = load_checkpoint(ft / CKPT)["state_dict"]
+    for name, keep in heads.items():
+        assert torch.all(sd[f"{name}.weight"][~keep] == 0) and torch.all(sd[f"{name}.bias"][~keep] == 0)
+        assert not torch.equal(sd[f"{name}.bias"][keep], state["state_dict"][f"{name}.bias"][keep])
+    with pytest.raises(ConfigError, match="applies to --method taylor / cosprune only"):
+        pruning.main(["--load_checkpoint", str(dense_ckpt), "--method", "magnitude", "--prune_heads",
+                      "--prune_ratio", "0.3", "--save_dir", str(tmp_path / "m")])
+    cosprune = ["--load_checkpoint", str(dense_ckpt), "--method", "cosprune", "--prune_heads", "--target", "0.3",
+                "--save_dir", str(tmp_path / "c")]
+    with pytest.raises(ConfigError, match="taylor only"):
+        pruning.main(cosprune)
+    with pytest.raises(ConfigError, match="taylor only"):
+        structured_train.main(cosprune + ["--window", "1", "--per_step", "1"])
 
 
 def test_structured_training_schedule_prunes_on_schedule(dense_ckpt, tmp_path):

@@ -9,7 +9,7 @@ from torch import nn
 
 from .heads import ASPPHead
 from .mobilenetv2 import MobileNetV2
-from .mtl import BACKBONE, MultiTaskModel
+from .mtl import BACKBONE, HEADS, MultiTaskModel
 from .resnet import DeeplabResNet34
 
 if TYPE_CHECKING:  # only for the annotation: the models never need the config module at run time
@@ -17,8 +17,8 @@ if TYPE_CHECKING:  # only for the annotation: the models never need the config m
 
 BACKBONES: dict[str, type[nn.Module]] = {"resnet34": DeeplabResNet34, "mobilenetv2": MobileNetV2}
 
-__all__ = ["ASPPHead", "BACKBONE", "BACKBONES", "DeeplabResNet34", "MobileNetV2", "MultiTaskModel", "build_model",
-           "model_for"]
+__all__ = ["ASPPHead", "BACKBONE", "BACKBONES", "HEADS", "DeeplabResNet34", "MobileNetV2", "MultiTaskModel",
+           "build_model", "model_for"]
 
 
 def build_model(architecture: str, task_channels: Mapping[str, int], width_mult: float = 1.0,

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..sparse import THRESHOLD_KERNELS, SoftThresholdConv2d, grouped_soft_threshold, sparse_convs, threshold_value
 
 BACKBONE = "backbone"
+HEADS = "heads"  # the task heads' ModuleDict (module paths "heads.<task>....")
 SHARED = "shared"  # the single threshold's key under threshold_scope="global"
 THRESHOLD_SCOPES = ("component", "global")
 
