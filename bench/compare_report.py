@@ -293,6 +293,7 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
     if "mobilenetv2" in ns.architectures:
         md += paper_section(groups, ns.seed_sparsity, definition)
     md += _ablations(groups, ns, definition) + _structured(groups, ns, definition)
+    md += cost_section(plan, groups, definition)
     md += _plots(plan, runs, groups)
     md += _runs_section(plan)
     plan.report.parent.mkdir(parents=True, exist_ok=True)
@@ -318,6 +319,44 @@ def _structured(groups: Mapping, ns: Any, definition: str) -> list[str]:
         return []
     return ["## Structured pruning (filters of the backbone; the heads keep every filter)", "",
             *main_table(rows, definition), ""]
+
+
+def load_costs(root: Path) -> dict[str, dict]:
+    """The per-cell cost JSON that ``bench.compare_cost`` wrote, by cell key."""
+    return {f"{p.parent.name}/{p.stem}": json.loads(p.read_text()) for p in sorted((root / "cost").glob("*/*.json"))}
+
+
+def cost_section(plan: Any, groups: Mapping, definition: str) -> list[str]:
+    """Each method's test Δ_T beside its compacted cost (``bench.compare_cost``), and the plot of the two."""
+    costs = load_costs(plan.root)
+    rows, points = [], []
+    for (arch, m, t), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(METHODS).index(kv[0][1]))):
+        have = [(r, costs[r.key]) for r in rs if r.key in costs]
+        if not have:
+            continue
+        ratios = {k: statistics.fmean(c["ratios"][k] for _, c in have) for k in ("params", "flops", "latency")}
+        deltas = [r.delta[definition]["overall"] for r, _ in have if r.delta[definition]]
+        d = statistics.fmean(deltas) if deltas else None
+        rows.append(f"| {arch} | {METHODS[m].label} | {t if t is not None else '–'} | {_num(d)} | "
+                    f"×{ratios['flops']:.3f} | ×{ratios['params']:.3f} | ×{ratios['latency']:.3f} | {len(have)} |")
+        if d is not None:
+            points.append({"method": f"{METHODS[m].label} [{arch}]", "flops": 100 * ratios["flops"], "delta_t": d})
+    if not rows:
+        return []
+    plot = []
+    if points:
+        from bench.plots import plot_delta_vs_cost
+
+        plot_delta_vs_cost(points, plan.root / "delta_vs_flops.png",
+                           title=f"Δ_T vs compacted conv FLOPs (synthetic, test split, {definition} metrics)")
+        plot = [f"![Δ_T against compacted FLOPs]({plan.root.name}/delta_vs_flops.png)", ""]
+    return ["## Accuracy at real cost (checkpoints compacted: `python -m bench.compare_cost`)", "",
+            "Unstructured zeros run on dense kernels; what a model saves at run time is what `main.compaction` "
+            "removes (dead channels, constants folded). Ratios are compacted / uncompacted network (= dense cost), "
+            "FLOPs and parameters exact, latency batch 1, one thread, median of interleaved forwards (noisy on a "
+            "shared machine); means over the cells measured.", "",
+            "| architecture | method | target % | Δ_T | conv FLOPs | params | latency | cells |",
+            "|---|---|---|---|---|---|---|---|", *rows, "", *plot]
 
 
 def _plots(plan: Any, runs: Sequence[Run], groups: Mapping) -> list[str]:

@@ -336,3 +336,28 @@ def plot_delta_vs_sparsity(points: Sequence[Mapping[str, Any]], out_path: str | 
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     return _save(fig, canvas, Path(out_path))
+
+
+def plot_delta_vs_cost(points: Sequence[Mapping[str, Any]], out_path: str | Path, *, title: str | None = None) -> Path:
+    """Scatter of Δ_T (%) against compacted conv FLOPs (% of the dense network's), one marker per method.
+
+    Each point is ``{"method": str, "flops": float (percent of dense), "delta_t": float}``.  The dashed lines are
+    the dense model (Δ_T = 0 at 100% of its FLOPs).
+    """
+    if not points:
+        raise ValueError("plot_delta_vs_cost needs at least one point")
+    Figure, canvas = _import_matplotlib()
+    colours = _colours(list(dict.fromkeys(str(p["method"]) for p in points)), components=False)
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    ax.axhline(0.0, color="grey", linestyle="--", linewidth=1.0, label=r"dense ($\Delta_T = 0$, 100% FLOPs)")
+    ax.axvline(100.0, color="grey", linestyle="--", linewidth=1.0)
+    for i, p in enumerate(points):
+        ax.plot([float(p["flops"])], [float(p["delta_t"])], linestyle="none", marker="osD^vP*Xhp"[i % 10],
+                markersize=7, color=colours[str(p["method"])], label=str(p["method"]))
+    ax.set_xlabel("conv FLOPs after compaction (% of dense)")
+    ax.set_ylabel(r"$\Delta_T$ (%)")
+    ax.set_title(title or r"Multitask performance $\Delta_T$ against real cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    return _save(fig, canvas, Path(out_path))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import compare
+from bench import compare, compare_cost
 from main.errors import UserError
 from main.tasks import metric_directions
 
@@ -63,6 +63,17 @@ def test_quick_comparison_runs_tunes_reports_and_resumes(tmp_path, capsys):
     run(tmp_path, *R34, "--methods", "imp", "--seeds", "1", "--grid_lr", "1e-3", "5e-4")
     assert "done in" not in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*.json")} == before
+
+    # every finished cell's real cost: compacted, measured, and in the rebuilt report
+    assert compare_cost.main(["--logs", str(root), "--repeats", "1"]) == 0
+    cost = json.loads((root / "cost" / "resnet34" / "imp_sp90_seed0.json").read_text())
+    assert cost["params_compact"] <= cost["params"] and cost["flops_compact"] <= cost["flops"]
+    assert cost["ratios"]["latency"] > 0 and "zero_filters" in cost["dead_filters"]
+    dense = json.loads((root / "cost" / "resnet34" / "dense_seed0.json").read_text())
+    assert dense["params_compact"] == dense["params"]  # nothing dead in a dense model
+    run(tmp_path, *R34, "--methods", "imp", "--seeds", "1", "--grid_lr", "1e-3", "5e-4", "--report_only")
+    md = (tmp_path / "logs" / "comparison.md").read_text()
+    assert "## Accuracy at real cost" in md and "| resnet34 | IMP | 90 |" in md
 
 
 def test_unknown_method_architecture_and_bad_target_are_user_errors():

@@ -191,3 +191,13 @@ def test_budget_ramp_is_drawn_in_percent_not_as_a_component():
     lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
     assert lines["budget ramp"] == [45.0, 90.0]  # a fraction in the log, percent on the axis
     assert set(lines) == {"backbone", "overall", "budget ramp"}
+
+
+def test_delta_vs_cost_plot_writes_a_png(tmp_path):
+    from bench.plots import plot_delta_vs_cost
+
+    out = plot_delta_vs_cost([{"method": "AdapMTL [resnet34]", "flops": 72.7, "delta_t": -3.0},
+                              {"method": "IMP [resnet34]", "flops": 76.5, "delta_t": -1.0}], tmp_path / "c.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="at least one point"):
+        plot_delta_vs_cost([], tmp_path / "d.png")
