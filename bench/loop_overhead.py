@@ -11,8 +11,10 @@ Configurations: ``preset`` (the CPU preset: ResNet34 x0.125, 96x96, batch 8) and
 ResNet34 x1, 64x64 crops, batch 4, 24 training scenes, 2 threads: the setting where issue 17 measured the original
 code's loop at 2.5-2.9 s/iteration), each for AdapMTL and dense.  The breakdown, per iteration, from timings of the
 same batches: ``data`` (the training DataLoader and the copy to the device), ``forward`` (network and task
-losses), ``backward``, ``rest_of_step`` (weighting, step flags and the sparsity control, optimiser and scheduler:
-the step minus forward and backward) and ``loop_other`` (the loop minus data and step: callbacks, logging).
+losses), ``backward``, ``optimizer`` (Adam's step), ``sparsity_and_weighting`` (the step minus forward, backward
+and Adam: adaptive weights, the one-transfer step flags and the sparsity control, the scheduler), ``logging`` (one
+``TrainingLog`` interval report, timed alone, divided by ``log_every``) and ``everything_else`` (the loop minus
+data, step and logging: the other callbacks, the loop itself).
 
     python -m bench.loop_overhead [--configs preset paper] [--iters 30] [--rounds 3]
 """
@@ -35,10 +37,12 @@ from main.checkpoint_saver import SaveLatest
 from main.config import Config
 from main.data.batch import to_device
 from main.data.loaders import train_loader
+from main.monitor import ScalarWriter
 from main.precision import predictions_fp32
 from main.tasks import task_loss
 from main.trainer import Trainer
 from main.trainer_setup import build_trainer
+from main.training_log import TrainingLog
 from main.validation import Validation
 
 CONFIGS = {
@@ -77,14 +81,29 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def forward(tr: Trainer, batch: dict, backward: bool) -> None:
-    """The step's forward (and backward): network, task losses, the weighted sum."""
+def forward(tr: Trainer, batch: dict, backward: bool, optimizer: bool = False) -> None:
+    """The step's forward (and backward, and the optimiser step): network, task losses, the plain sum."""
     preds = predictions_fp32(tr.net(batch["input"]))
     total = sum(task_loss(t, preds[t], batch, tr.class_weights) for t in tr.tasks)
     if backward:
         tr.optimizer.zero_grad(set_to_none=True)
         total.backward()
         tr.counter.record_forward_counts(tr.sparse)  # the fused path recorded counts: drop them, as a step reads them
+    if optimizer:
+        tr.optimizer.step()
+
+
+def log_cost(tr: Trainer) -> float:
+    """Seconds per iteration that the training log's interval report costs (one report, TensorBoard included,
+    divided by ``log_every``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tr.writer = ScalarWriter(tmp)
+        log = TrainingLog(tr)
+        log.steps = log.finite_steps = 1
+        seconds = timed(lambda: log.report(tr, torch.ones(len(tr.tasks))))
+        log.close()
+        tr.writer.close()
+    return seconds / tr.cfg.log_every
 
 
 def load_batches(tr: Trainer, n: int) -> list[dict]:
@@ -101,13 +120,18 @@ def measure(name: str, dense: bool, iters: int, rounds: int) -> dict:
         tr.model.train()
         for i, b in enumerate(batches[:2]):  # warm-up
             tr.step(b, i)
-        runs: dict[str, list[float]] = {k: [] for k in ("loop", "step", "data", "forward", "forward_backward")}
+        runs: dict[str, list[float]] = {k: [] for k in ("loop", "step", "data", "forward", "forward_backward",
+                                                        "forward_backward_optimizer", "log")}
         for _ in range(rounds):
             restore(tr, start)
             tr.model.train()
             runs["step"].append(timed(lambda: [tr.step(b, i) for i, b in enumerate(batches)]))
             runs["forward"].append(timed(lambda: [forward(tr, b, False) for b in batches]))
             runs["forward_backward"].append(timed(lambda: [forward(tr, b, True) for b in batches]))
+            restore(tr, start)
+            runs["forward_backward_optimizer"].append(timed(lambda: [forward(tr, b, True, True) for b in batches]))
+            with contextlib.redirect_stdout(sys.stderr):  # its console line; stdout carries only the JSON
+                runs["log"].append(iters * log_cost(tr))
             runs["data"].append(timed(lambda: load_batches(tr, iters)))
             restore(tr, start)
             with contextlib.redirect_stdout(sys.stderr):  # the run's log lines; stdout carries only the JSON
@@ -118,8 +142,10 @@ def measure(name: str, dense: bool, iters: int, rounds: int) -> dict:
                 "step_s_per_it": med["step"], "loop_over_step": med["loop"] / med["step"],
                 "breakdown_s_per_it": {"data": med["data"], "forward": med["forward"],
                                        "backward": med["forward_backward"] - med["forward"],
-                                       "rest_of_step": med["step"] - med["forward_backward"],
-                                       "loop_other": med["loop"] - med["step"] - med["data"]},
+                                       "optimizer": med["forward_backward_optimizer"] - med["forward_backward"],
+                                       "sparsity_and_weighting": med["step"] - med["forward_backward_optimizer"],
+                                       "logging": med["log"],
+                                       "everything_else": med["loop"] - med["step"] - med["data"] - med["log"]},
                 "runs_s": runs}
 
 

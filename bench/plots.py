@@ -290,6 +290,15 @@ def plot_training_curves(runs: Mapping[str, Scalars], out_dir: str | Path) -> li
     return written
 
 
+def _label_delta_axes(ax: Any, xlabel: str, title: str) -> None:
+    """Labels, grid and legend of a Δ_T plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(r"$\Delta_T$ (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+
+
 def plot_delta_vs_sparsity(points: Sequence[Mapping[str, Any]], out_path: str | Path, *,
                            sparsity_unit: str = "auto", title: str | None = None) -> Path:
     """Plot Δ_T (%) against overall sparsity (%), one line with markers per method; returns ``out_path``.
@@ -330,11 +339,7 @@ def plot_delta_vs_sparsity(points: Sequence[Mapping[str, Any]], out_path: str | 
         yerr = [0.0 if s is None else float(s) for s in stds] if any(s is not None for s in stds) else None
         ax.errorbar(x, y, yerr=yerr, color=colours[method], marker=markers[i % len(markers)], markersize=6,
                     linewidth=1.5, capsize=3 if yerr else 0, label=method)
-    ax.set_xlabel("overall sparsity (%)")
-    ax.set_ylabel(r"$\Delta_T$ (%)")
-    ax.set_title(title or r"Multitask performance $\Delta_T$ against sparsity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    _label_delta_axes(ax, "overall sparsity (%)", title or r"Multitask performance $\Delta_T$ against sparsity")
     return _save(fig, canvas, Path(out_path))
 
 
@@ -355,9 +360,6 @@ def plot_delta_vs_cost(points: Sequence[Mapping[str, Any]], out_path: str | Path
     for i, p in enumerate(points):
         ax.plot([float(p["flops"])], [float(p["delta_t"])], linestyle="none", marker="osD^vP*Xhp"[i % 10],
                 markersize=7, color=colours[str(p["method"])], label=str(p["method"]))
-    ax.set_xlabel("conv FLOPs after compaction (% of dense)")
-    ax.set_ylabel(r"$\Delta_T$ (%)")
-    ax.set_title(title or r"Multitask performance $\Delta_T$ against real cost")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    _label_delta_axes(ax, "conv FLOPs after compaction (% of dense)",
+                      title or r"Multitask performance $\Delta_T$ against real cost")
     return _save(fig, canvas, Path(out_path))

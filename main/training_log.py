@@ -51,7 +51,7 @@ class TrainingLog:
         self.bar.update(1)
         if trainer.iteration % trainer.cfg.log_every == 0 or trainer.iteration == trainer.cfg.iters:
             if trainer.is_main:
-                self._report(trainer, result.weights)
+                self.report(trainer, result.weights)
             self.loss_sum.zero_()
             self.finite_steps = self.steps = 0
             self.seconds = 0.0
@@ -59,7 +59,7 @@ class TrainingLog:
     def close(self) -> None:
         self.bar.close()
 
-    def _report(self, trainer: Trainer, weights: Tensor) -> None:
+    def report(self, trainer: Trainer, weights: Tensor) -> None:
         steps = max(self.finite_steps, 1)
         mean = self.loss_sum / self.finite_steps if self.finite_steps else torch.full_like(self.loss_sum, float("nan"))
         losses, w = mean.tolist(), weights.tolist()
