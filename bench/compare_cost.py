@@ -59,15 +59,16 @@ def cell_cost(checkpoint: Path, repeats: int, warmup: int = 3) -> dict:
 
 
 def pending(logs: Path, root: Path) -> list[tuple[str, Path, Path]]:
-    """(cell key, checkpoint, cost JSON) of every test-split cell with a checkpoint and no cost JSON yet."""
+    """(cell key, checkpoint as ``cells.json`` names it, cost JSON) of every test-split cell whose checkpoint is
+    under ``root`` and that has no cost JSON yet."""
     book = json.loads((logs / "cells.json").read_text())
     todo = []
     for key, entry in sorted(book.items()):
         if entry.get("split") != "test" or "run_dir" not in entry:
             continue
         out = logs / COST_DIR / f"{key}.json"
-        ckpt = root / entry["run_dir"] / CKPT
-        if not out.is_file() and ckpt.is_file():
+        ckpt = Path(entry["run_dir"]) / CKPT
+        if not out.is_file() and (root / ckpt).is_file():
             todo.append((key, ckpt, out))
     return todo
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(ns.threads)
     todo = pending(logs, Path(ns.root))
     for i, (key, ckpt, out) in enumerate(todo, 1):
-        cost = cell_cost(ckpt, ns.repeats)
+        cost = cell_cost(Path(ns.root) / ckpt, ns.repeats)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"cell": key, "checkpoint": str(ckpt), **cost}, indent=1) + "\n")
         r = cost["ratios"]
