@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -130,6 +131,7 @@ def taylor_at_flops(dense: MultiTaskModel, target_flops: int, batches: list[dict
     channels = ChannelMasks(work, heads=True)
     scores = accumulate_scores(work, channels, batches, tasks, "taylor", class_weights=class_weights)
 
+    @functools.cache  # the last bisection step's count is built again for the result otherwise
     def pruned(n: int) -> tuple[ChannelMasks, int]:
         ch = ChannelMasks(work, heads=True)
         ch.remove(select_lowest(scores, ch, n))

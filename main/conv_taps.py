@@ -24,7 +24,7 @@ def live_taps(size: int, kernel: int, stride: int, padding: int, dilation: int) 
     live = []
     for k in range(kernel):
         offset = k * dilation - padding  # input index of output 0 through tap k
-        o_min = max(0, -(offset // stride) if offset < 0 else 0)  # first output whose index is >= 0
+        o_min = -(offset // stride) if offset < 0 else 0  # first output whose index is >= 0 (ceil division)
         if o_min <= out - 1 and o_min * stride + offset <= size - 1:
             live.append(k)
     return (live[0], live[-1]) if live else (0, kernel - 1)
