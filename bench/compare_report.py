@@ -303,8 +303,8 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
 
 def _ablations(groups: Mapping, ns: Any, definition: str) -> list[str]:
     arch, t = ns.architectures[0], ns.ablation_sparsity
-    rows = [(METHODS[m].label, groups[(arch, m, t)]) for m in ("adapmtl_budget", *METHODS)
-            if (METHODS[m].ablation or m == "adapmtl_budget") and (arch, m, t) in groups]
+    names = ["adapmtl_budget", *(m for m in METHODS if METHODS[m].ablation)]
+    rows = [(METHODS[m].label, groups[(arch, m, t)]) for m in names if (arch, m, t) in groups]
     if len(rows) <= 1:
         return []
     rows = [(lab, rs[:1]) for lab, rs in rows]  # ablations ran at seed 0 only: compare seed 0 with seed 0
@@ -406,6 +406,9 @@ def _runs_section(plan: Any) -> list[str]:
           "| cell | wall (min) | CPU (min) | commands |", "|---|---|---|---|"]
     for key, entry in book.items():
         cmds = "<br>".join(f"`{c}`" for c in entry.get("commands", []))
+        if "reused" in entry:  # a seed-0 cell is the tuning run at the chosen lr: no time of its own
+            md.append(f"| {key} | = {entry['reused']} | – | {cmds} |")
+            continue
         cpu = f"{entry['cpu_s'] / 60:.1f}" if "cpu_s" in entry else "-"
         md.append(f"| {key} | {entry.get('wall_s', 0) / 60:.1f} | {cpu} | {cmds} |")
     return md
@@ -414,10 +417,11 @@ def _runs_section(plan: Any) -> list[str]:
 def _cpu_budget(book: dict) -> list[str]:
     """The budget in CPU time (user + system of the training commands), which other work on the machine does not
     inflate as it does wall time; cells recorded before CPU time was measured are counted apart."""
-    timed = [e["cpu_s"] for e in book.values() if "cpu_s" in e]
+    own = [e for e in book.values() if "reused" not in e]
+    timed = [e["cpu_s"] for e in own if "cpu_s" in e]
     if not timed:
         return ["CPU time: not recorded for these cells (recorded from the cells run after it was added)."]
-    untimed = len(book) - len(timed)
+    untimed = len(own) - len(timed)
     return [f"CPU time of the {len(timed)} cells that record it: {sum(timed) / 3600:.2f} CPU-hours, i.e. "
             f"{sum(timed) / 7200:.2f} h on 2 cores" + (f"; {untimed} earlier cells recorded wall time only." if
                                                        untimed else ".")]
