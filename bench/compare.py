@@ -609,6 +609,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--logs", default="logs", help="where results, tables and plots go (default logs)")
     p.add_argument("--quick", action="store_true", help="tiny model and data, a few iterations: a smoke test")
     p.add_argument("--report_only", action="store_true", help="only rebuild the report and plots from the JSON")
+    p.add_argument("--readme", type=Path, default=None,
+                   help="also rewrite the summary block of this file (the README) between its two marker lines")
     p.add_argument("--jobs", type=int, default=0,
                    help="cells run side by side, each with cores/jobs CPU threads (default 0: one per core, at most\n"
                         "8, one thread each; 1 with --extra --device cuda)")
@@ -675,6 +677,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         grid.drop_stale([c for c in plan.cells(lrs) if (c.arch, c.method) in lrs])
     path = write_report(plan, lrs, time.time() - start)
     print(f"[compare] report: {path}")
+    if ns.readme is not None:
+        from bench.compare_summary import write_readme
+
+        print(f"[compare] summary: {write_readme(ns.readme, plan)}")
     return 0
 
 

@@ -26,7 +26,7 @@ from bench.compare_protocol import (
     REFERENCE_CONTROL,
     TASKS,
 )
-from bench.comparison_stats import STYLE, NoiseFloor, delta, mean_table, metrics_of, paired, t_interval
+from bench.comparison_stats import STYLE, NoiseFloor, delta, holm, mean_table, metrics_of, paired, t_interval
 from main.models import BACKBONE
 from main.task_registry import task_spec
 
@@ -83,7 +83,7 @@ def _mean(values: Sequence[float], digits: int = 2) -> str:
     return f"{statistics.fmean(values):.{digits}f}" if values else "–"
 
 
-def _groups(runs: Sequence[Run]) -> dict[tuple[str, str, int | None], list[Run]]:
+def group_runs(runs: Sequence[Run]) -> dict[tuple[str, str, int | None], list[Run]]:
     groups: dict[tuple[str, str, int | None], list[Run]] = defaultdict(list)
     for r in runs:
         groups[(r.arch, r.method, r.target)].append(r)
@@ -175,16 +175,20 @@ def significance_lines(groups: Mapping, arch: str, target: int, methods: Sequenc
     per_seed = {m: {r.seed: r.delta[definition]["overall"] for r in groups.get((arch, m, target), [])
                     if r.delta[definition]} for m in methods}
     for a in [x for x in ADAPMTL_ROWS if per_seed.get(x)]:
+        tests = {m: res for m in methods if m not in ADAPMTL_ROWS and m != "dense"
+                 and (res := paired(per_seed.get(m, {}), per_seed[a])) is not None and res.p is not None}
+        if not tests:
+            continue
+        adjusted = holm({m: res.p for m, res in tests.items()})
         better, worse, same = [], [], []
-        for m in methods:
-            res = None if m in ADAPMTL_ROWS or m == "dense" else paired(per_seed.get(m, {}), per_seed[a])
-            if res is None or res.p is None:
-                continue
-            name = f"{METHODS[m].label} ({res.diff.mean:+.2f}, p={res.p:.3f})"
-            (same if res.p >= 0.05 else better if res.diff.mean > 0 else worse).append(name)
-        out.append(f"- {arch}, {METHODS[a].label}: significantly better than "
-                   f"{', '.join(worse) or 'no method'}; significantly worse than {', '.join(better) or 'no method'}; "
-                   f"no significant difference to {', '.join(same) or 'no method'} (α = 0.05, uncorrected).")
+        for m, res in tests.items():
+            name = f"{METHODS[m].label} ({res.diff.mean:+.2f}, p={res.p:.3f}, Holm p={adjusted[m]:.3f})"
+            (same if adjusted[m] >= 0.05 else better if res.diff.mean > 0 else worse).append(name)
+        parts = [f"significantly better than {', '.join(worse)}" if worse else "",
+                 f"significantly worse than {', '.join(better)}" if better else "",
+                 f"no significant difference to {', '.join(same)}" if same else ""]
+        out.append(f"- {arch}, {METHODS[a].label} against {len(tests)} method(s), paired over seeds "
+                   f"(α = 0.05, Holm-corrected over the {len(tests)}): " + "; ".join(x for x in parts if x) + ".")
     if floor.std is not None and target >= 90:
         over = [f"{METHODS[m].label} ({statistics.fmean(v.values()):+.2f})" for m, v in per_seed.items()
                 if m != "dense" and v and statistics.fmean(v.values()) > 2 * floor.std]
@@ -251,7 +255,7 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
     """(Re)write the markdown report and the plots from whatever cells have finished."""
     ns = plan.ns
     runs = load_runs(plan.root)
-    groups = _groups(runs)
+    groups = group_runs(runs)
     definition = ns.definition
     rel = plan.root.name
     md = ["# Synthetic 3-task benchmark: every method at equal sparsity and equal training budget", "",
@@ -393,16 +397,21 @@ def _plots(plan: Any, runs: Sequence[Run], groups: Mapping) -> list[str]:
     return md
 
 
+def read_book(root: Path) -> dict:
+    """``cells.json``: each cell's commands, wall and CPU time (empty before the first cell finished)."""
+    path = root / "cells.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _runs_section(plan: Any) -> list[str]:
-    book_path = plan.root / "cells.json"
-    book = json.loads(book_path.read_text()) if book_path.is_file() else {}
+    book = read_book(plan.root)
     layouts = sorted({(e.get("jobs", 1), e.get("threads")) for e in book.values()})
     md = ["## Runs", "", f"Machine: `{json.dumps(_environment())}`", "",
           f"Command: `python -m bench.compare {shlex.join(sys.argv[1:])}`" if sys.argv[1:] else
           "Command: `python -m bench.compare`", "",
           f"Sum of the cells' wall times: {sum(e.get('wall_s', 0) for e in book.values()) / 3600:.2f} h of "
           "training commands (evaluation not included); layouts (cells at a time, threads each): "
-          + ", ".join(f"{j} × {t or 'default'}" for j, t in layouts) + ".", "", *_cpu_budget(book), "",
+          + ", ".join(f"{j} × {t or 'default'}" for j, t in layouts) + ".", "", *cpu_budget(book), "",
           "| cell | wall (min) | CPU (min) | commands |", "|---|---|---|---|"]
     for key, entry in book.items():
         cmds = "<br>".join(f"`{c}`" for c in entry.get("commands", []))
@@ -414,7 +423,7 @@ def _runs_section(plan: Any) -> list[str]:
     return md
 
 
-def _cpu_budget(book: dict) -> list[str]:
+def cpu_budget(book: dict) -> list[str]:
     """The budget in CPU time (user + system of the training commands), which other work on the machine does not
     inflate as it does wall time; cells recorded before CPU time was measured are counted apart."""
     own = [e for e in book.values() if "reused" not in e]

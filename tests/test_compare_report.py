@@ -8,8 +8,9 @@ import statistics
 import pytest
 from scipy import stats
 
-from bench import compare, compare_report
-from bench.comparison_stats import NoiseFloor, delta, mean_table, paired, t_interval
+from bench import compare, compare_report, compare_summary
+from bench.comparison_stats import NoiseFloor, delta, holm, mean_table, paired, t_interval
+from main.errors import UserError
 from tests.test_compare import fake_metrics, fake_result
 
 
@@ -70,10 +71,49 @@ def test_report_prints_noise_floor_cis_paired_tests_and_the_ceiling_check(tmp_pa
     adap_d = {r.seed: r.delta["standard"]["overall"] for r in runs if r.method == "adapmtl"}
     res = paired(snip_d, adap_d)
     assert res.p < 0.05 and f"{res.diff} (n=5)" in md
-    assert "AdapMTL (stop rule): significantly better than SNIP (" in md
+    assert "Holm-corrected over the 2): significantly better than SNIP (" in md
     assert "significantly worse than IMP (" in md
     assert "beat(s) the dense mean by more than twice the noise floor" in md and "IMP (+" in md
     ci = t_interval(list(adap_d.values()))
     assert f"| {ci} |" in md  # the AdapMTL row's Δ_T ± 95 % CI
     assert "**resnet34, AdapMTL (stop rule), seed by seed**" in md  # each AdapMTL seed on its own
     assert f"| 4 | {adap_d[4]:+.2f} |" in md
+
+
+def test_holm_rejects_exactly_what_the_step_down_procedure_rejects():
+    import random
+
+    rng = random.Random(3)
+    for _ in range(50):
+        ps = {f"m{i}": rng.random() ** 3 for i in range(rng.randint(1, 8))}
+        adj = holm(ps)
+        order = sorted(ps, key=ps.get)
+        assert all(adj[m] >= ps[m] for m in ps) and all(adj[m] <= 1 for m in ps)
+        for alpha in (0.01, 0.05, 0.2):
+            rejected = set()
+            for i, m in enumerate(order):  # Holm's step-down: stop at the first p above alpha / (k - i)
+                if ps[m] > alpha / (len(order) - i):
+                    break
+                rejected.add(m)
+            assert {m for m in ps if adj[m] <= alpha} == rejected
+
+
+def test_readme_summary_is_spliced_between_the_markers_only(tmp_path):
+    plan = compare.Plan(compare.parse(["--architectures", "resnet34", "--logs", str(tmp_path)]))
+    cells = [("resnet34", "dense", None, s, v) for s, v in enumerate([0.5, -0.5, 1.0])]
+    cells += [("resnet34", "adapmtl", 90, s, v) for s, v in enumerate([2.0, 2.5, 1.5])]
+    cells += [("resnet34", "snip", 90, s, v) for s, v in enumerate([1.0, 1.4, 0.6])]
+    write_cells(plan.root, cells)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{compare_summary.BEGIN}\nstale numbers\n{compare_summary.END}\noutro\n")
+    text = compare_summary.write_readme(readme, plan).read_text()
+    assert text.startswith(f"intro\n{compare_summary.BEGIN}\n") and text.endswith(f"{compare_summary.END}\noutro\n")
+    assert "stale numbers" not in text and "leave-one-out Δ_T of 3 dense seeds" in text
+    runs = compare_report.load_runs(plan.root)
+    snip = {r.seed: r.delta["standard"]["overall"] for r in runs if r.method == "snip"}
+    adap = {r.seed: r.delta["standard"]["overall"] for r in runs if r.method == "adapmtl"}
+    assert f"| SNIP | {t_interval(list(snip.values()))} (3) | {paired(snip, adap).diff}, p=" in text
+    assert compare_summary.write_readme(readme, plan).read_text() == text  # idempotent
+    readme.write_text("no markers\n")
+    with pytest.raises(UserError, match="marker"):
+        compare_summary.write_readme(readme, plan)
