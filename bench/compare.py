@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bench.compare_protocol import (
+    ARCH_FLAGS,
     ARCHITECTURES,
     BUDGET_CONTROL,
     CKPT,
@@ -119,9 +120,14 @@ class Plan:
     def base(self, arch: str, seed: int, save: Path, lr: float | None, iters: int) -> list[str]:
         """Flags of one training command of ``iters`` iterations: its lr steps down ``LR_STEPS - 1`` times, at
         the same fractions of every phase (a pre-training, an IMP round and a full run all anneal alike)."""
-        flags = self.common + ["--architecture", arch, "--seed", str(seed), "--save_dir", str(save),
-                               "--decay_lr_freq", str(max(1, iters // LR_STEPS))]
+        flags = self.common + self.arch_flags(arch) + ["--seed", str(seed), "--save_dir", str(save),
+                                                       "--decay_lr_freq", str(max(1, iters // LR_STEPS))]
         return flags + (["--lr", str(lr)] if lr is not None else [])
+
+    def arch_flags(self, arch: str) -> list[str]:
+        """``--architecture`` and the architecture's own protocol flags (none in a --quick smoke test, whose
+        tiny crop is the point)."""
+        return ["--architecture", arch, *([] if self.ns.quick else ARCH_FLAGS.get(arch, ()))]
 
     def pretrain_dir(self, arch: str, seed: int) -> Path:
         return self.out / arch / f"pretrain_P{self.P}_seed{seed}"
@@ -268,7 +274,7 @@ def _structured(method: str) -> Callable[[_Ctx], list[list[str]]]:
     def build(c: _Ctx) -> list[list[str]]:
         pruned = c.save / "pruned"
         return [["pruning.py", "--load_checkpoint", c.pretrained, "--method", method, "--prune_ratio", c.ratio,
-                 "--architecture", c.arch, "--num_batches", "10", "--save_dir", str(pruned), "--progress", "off",
+                 *c.plan.arch_flags(c.arch), "--num_batches", "10", "--save_dir", str(pruned), "--progress", "off",
                  "--overwrite"] + list(c.plan.ns.extra),
                 ["finetune.py", "--load_checkpoint", str(pruned / CKPT), "--iters", str(c.plan.T - c.plan.P)]
                 + c.base(c.plan.T - c.plan.P)]

@@ -139,6 +139,23 @@ def test_default_grid_is_five_seeds_of_every_ranked_method_on_both_architectures
     assert {(c.arch, c.seed) for c in ablations} == {("resnet34", 0)}
 
 
+def test_each_architecture_adds_its_own_protocol_flags_to_every_command(tmp_path):
+    """MobileNetV2 (output stride 32) trains at its own crop in every command of every cell, ResNet34 at the
+    preset's; a --quick smoke test keeps its tiny crop for both."""
+    def crops(plan):  # architecture → every --crop_size value its commands pass (None: the preset's)
+        out: dict[str, set] = {}
+        for cell in plan.cells({}):
+            for cmd in cell.commands:
+                values = [cmd[i + 1] for i, flag in enumerate(cmd) if flag == "--crop_size"]
+                out.setdefault(cell.arch, set()).add(values[-1] if values else None)
+        return out
+    full = crops(compare.Plan(compare.parse(["--out", str(tmp_path), "--methods", *compare.METHODS])))
+    assert full == {"resnet34": {None}, "mobilenetv2": {compare.ARCH_FLAGS["mobilenetv2"][1]}}
+    assert int(compare.ARCH_FLAGS["mobilenetv2"][1]) > 48
+    quick = crops(compare.Plan(compare.parse(["--out", str(tmp_path), "--quick"])))
+    assert quick == {"resnet34": {"32"}, "mobilenetv2": {"32"}}
+
+
 def test_another_data_seed_writes_its_own_report_and_renders_other_scenes(tmp_path):
     plan = compare.Plan(compare.parse(["--data_seed", "3", "--out", str(tmp_path / "o"), "--logs", str(tmp_path)]))
     cmd = plan.commands("snip", "resnet34", 90, 0, tmp_path / "x", None)[0]
