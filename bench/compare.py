@@ -664,6 +664,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.compare_report import write_report
 
     ns = parse(argv)
+    if ns.readme is not None:
+        from bench.compare_summary import check_readme
+
+        check_readme(ns.readme)
     plan = Plan(ns)
     start = time.time()
     grid = Grid(plan)

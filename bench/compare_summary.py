@@ -76,9 +76,15 @@ def splice(text: str, lines: Sequence[str]) -> str:
     return head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + tail
 
 
-def write_readme(path: Path, plan: Any) -> Path:
-    """Rewrite the summary block of ``path`` (the README) from the finished cells."""
+def check_readme(path: Path) -> None:
+    """Fail before anything is written (report, runs) when ``path`` cannot take the summary."""
     if not path.is_file():
         raise UserError(f"--readme {path}: no such file")
+    splice(path.read_text(), [])
+
+
+def write_readme(path: Path, plan: Any) -> Path:
+    """Rewrite the summary block of ``path`` (the README) from the finished cells."""
+    check_readme(path)
     path.write_text(splice(path.read_text(), summary_lines(plan)))
     return path

@@ -117,3 +117,9 @@ def test_readme_summary_is_spliced_between_the_markers_only(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(UserError, match="marker"):
         compare_summary.write_readme(readme, plan)
+    report = plan.report
+    report.unlink(missing_ok=True)
+    with pytest.raises(UserError, match="marker"):  # checked before the report is (re)written
+        compare.main(["--architectures", "resnet34", "--logs", str(tmp_path), "--report_only", "--readme",
+                      str(readme)])
+    assert not report.exists()
