@@ -90,6 +90,17 @@ def group_runs(runs: Sequence[Run]) -> dict[tuple[str, str, int | None], list[Ru
     return groups
 
 
+def per_seed_delta(groups: Mapping, arch: str, method: str, target: int | None, definition: str) -> dict[int, float]:
+    """Seed → overall Δ_T of one method's runs (those whose Δ_T is defined): what the paired tests pair."""
+    return {r.seed: r.delta[definition]["overall"] for r in groups.get((arch, method, target), [])
+            if r.delta[definition]}
+
+
+def ranked_methods(plan: Any, arch: str) -> list[str]:
+    """The methods the main table and the paired tests rank (no ablations, no structured rows)."""
+    return [m for m in plan.methods(arch) if not METHODS[m].ablation and METHODS[m].kind != "structured"]
+
+
 # ---------------------------------------------------------------------------------------------------- sections
 def noise_section(runs: Sequence[Run], archs: Sequence[str], definition: str) -> list[str]:
     md = ["## Noise floor", "",
@@ -146,8 +157,7 @@ def paired_section(groups: Mapping, arch: str, target: int, methods: Sequence[st
     anchors = [m for m in ADAPMTL_ROWS if (arch, m, target) in groups]
     if not anchors:
         return []
-    per_seed = {m: {r.seed: r.delta[definition]["overall"] for r in groups.get((arch, m, target), [])
-                    if r.delta[definition]} for m in methods}
+    per_seed = {m: per_seed_delta(groups, arch, m, target, definition) for m in methods}
     md = [f"Paired differences (method − AdapMTL, same seeds, {definition} Δ_T; 95 % t interval, two-sided paired "
           "t-test):", "", "| method | " + " | ".join(f"− {METHODS[a].label}: diff | p" for a in anchors) + " |",
           "|---" * (1 + 2 * len(anchors)) + "|"]
@@ -172,8 +182,7 @@ def significance_lines(groups: Mapping, arch: str, target: int, methods: Sequenc
                        floor: NoiseFloor) -> list[str]:
     """Plain-words findings: which paired differences are significant, and the ceiling check."""
     out = []
-    per_seed = {m: {r.seed: r.delta[definition]["overall"] for r in groups.get((arch, m, target), [])
-                    if r.delta[definition]} for m in methods}
+    per_seed = {m: per_seed_delta(groups, arch, m, target, definition) for m in methods}
     for a in [x for x in ADAPMTL_ROWS if per_seed.get(x)]:
         tests = {m: res for m in methods if m not in ADAPMTL_ROWS and m != "dense"
                  and (res := paired(per_seed.get(m, {}), per_seed[a])) is not None and res.p is not None}
@@ -281,7 +290,7 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
     md += noise_section(runs, ns.architectures, definition)
     findings: list[str] = []
     for arch in ns.architectures:
-        ranked = [m for m in plan.methods(arch) if not METHODS[m].ablation and METHODS[m].kind != "structured"]
+        ranked = ranked_methods(plan, arch)
         floor = noise_floor(runs, arch, definition)
         for t in sorted(set(ns.sparsities)):
             rows = [(METHODS[m].label, groups.get((arch, m, None if m == "dense" else t), [])) for m in ranked]

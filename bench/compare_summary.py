@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.compare_protocol import ADAPMTL_ROWS, METHODS
-from bench.compare_report import cpu_budget, group_runs, load_runs, noise_floor, read_book, significance_lines
+from bench.compare_report import (
+    cpu_budget,
+    group_runs,
+    load_runs,
+    noise_floor,
+    per_seed_delta,
+    ranked_methods,
+    read_book,
+    significance_lines,
+)
 from bench.comparison_stats import paired, t_interval
 from main.errors import UserError
 
@@ -29,17 +38,16 @@ def summary_lines(plan: Any) -> list[str]:
     t = ns.seed_sparsity
     md = [f"Generated from `{plan.report.as_posix()}` (data seed {ns.data_seed}, target {t}%, {definition} metric "
           "definitions, Δ_T in % against the mean of the dense seeds; ± is the 95% t interval over seeds).", ""]
-    for arch in ns.architectures:
-        floor = noise_floor(runs, arch, definition)
+    floors = {a: noise_floor(runs, a, definition) for a in ns.architectures}
+    for arch, floor in floors.items():
         md.append(f"- **Noise floor, {arch}:** " + (
             f"leave-one-out Δ_T of {floor.n} dense seeds: std {floor.std:.2f}, max |Δ_T| {floor.max_abs:.2f}."
             if floor.std is not None else f"{floor.n} dense seed(s) finished; it needs two."))
     md.append("")
-    ranked = {a: [m for m in plan.methods(a) if not METHODS[m].ablation and METHODS[m].kind != "structured"]
-              for a in ns.architectures}
+    ranked = {a: ranked_methods(plan, a) for a in ns.architectures}
     md += _table(groups, ranked, t, definition)
     findings = [line for a in ns.architectures for line in
-                significance_lines(groups, a, t, ranked[a], definition, noise_floor(runs, a, definition))]
+                significance_lines(groups, a, t, ranked[a], definition, floors[a])]
     md += ["", *findings, "", *cpu_budget(read_book(plan.root))]
     return md
 
@@ -53,18 +61,13 @@ def _table(groups: Mapping, ranked: Mapping[str, Sequence[str]], t: int, definit
     for m in methods:
         cells = []
         for a in archs:
-            per = _per_seed(groups, a, m, None if m == "dense" else t, definition)
-            anchor = _per_seed(groups, a, ADAPMTL_ROWS[0], t, definition)
+            per = per_seed_delta(groups, a, m, None if m == "dense" else t, definition)
+            anchor = per_seed_delta(groups, a, ADAPMTL_ROWS[0], t, definition)
             cells.append(f"{t_interval(list(per.values()))} ({len(per)})" if per else "–")
             res = None if m in ("dense", ADAPMTL_ROWS[0]) or not per or not anchor else paired(per, anchor)
             cells.append("–" if res is None else f"{res.diff}, p={'–' if res.p is None else f'{res.p:.3f}'}")
         lines.append(f"| {METHODS[m].label} | " + " | ".join(cells) + " |")
     return lines
-
-
-def _per_seed(groups: Mapping, arch: str, method: str, target: int | None, definition: str) -> dict[int, float]:
-    return {r.seed: r.delta[definition]["overall"] for r in groups.get((arch, method, target), [])
-            if r.delta[definition]}
 
 
 def splice(text: str, lines: Sequence[str]) -> str:
