@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.compare_allocation import allocation_section
 from bench.compare_protocol import (
     ADAPMTL_ROWS,
     BUDGET_CONTROL,
@@ -305,6 +306,7 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
     md += seed_section(groups, ns, definition)
     if "mobilenetv2" in ns.architectures:
         md += paper_section(groups, ns.seed_sparsity, definition)
+    md += allocation_section(groups, plan)
     md += _ablations(groups, ns, definition) + _structured(groups, ns, definition)
     md += cost_section(plan, groups, definition)
     md += _plots(plan, runs, groups)

@@ -1,0 +1,67 @@
+"""The allocation evidence of the comparison report: init scales keyed as test.py keys layers, ρ, the section."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench import compare, compare_allocation, compare_report
+from main.cli.args import parse_args
+from main.data import dataset_info
+from main.models import model_for
+from main.sparse import SparsityCounter
+from tests.test_compare import fake_result
+
+
+def quick_plan(tmp_path, arch: str) -> compare.Plan:
+    return compare.Plan(compare.parse(["--quick", "--architectures", arch, "--logs", str(tmp_path)]))
+
+
+@pytest.mark.parametrize("arch", ["resnet34", "mobilenetv2"])
+def test_init_scales_cover_exactly_the_layers_test_py_reports(tmp_path, arch):
+    plan = quick_plan(tmp_path, arch)
+    scales = compare_allocation.layer_init_scales(plan, arch)
+    cfg, _ = parse_args(plan.base(arch, 0, tmp_path / "run", None, plan.T))
+    model = model_for(cfg, dataset_info(cfg).task_channels, sparse=False)
+    counter = SparsityCounter(model.components())
+    layers = counter.report(counter.count()).layers
+    assert set(scales) == set(layers)
+    assert all(std > 0 and count == layers[name][1] for name, (std, count) in scales.items())
+
+
+def test_correlation_is_minus_one_when_small_init_layers_end_sparsest():
+    scales = {"backbone.a": (0.5, 10), "backbone.b": (0.1, 10), "normal.c": (0.01, 10), "normal.d": (0.2, 10)}
+    # sparsity falls as the init std rises: a perfect negative rank correlation
+    result = {"sparsity": {"layers": {"backbone.a": 0.1, "backbone.b": 0.6, "normal.c": 0.99, "normal.d": 0.3}}}
+    assert compare_allocation.init_scale_correlation(result, scales) == pytest.approx(-1.0)
+    flat = {"sparsity": {"layers": dict.fromkeys(scales, 0.9)}}  # no variation: no correlation to speak of
+    assert compare_allocation.init_scale_correlation(flat, scales) is None
+    assert compare_allocation.init_scale_correlation({"sparsity": {}}, scales) is None
+
+
+def test_section_prints_shares_correlations_and_threshold_range(tmp_path):
+    plan = quick_plan(tmp_path, "resnet34")
+    scales = compare_allocation.layer_init_scales(plan, "resnet34")
+    names = sorted(scales, key=lambda n: scales[n][0])
+    runs_dir = plan.root / "runs" / "resnet34"
+    runs_dir.mkdir(parents=True)
+    book = {}
+    for seed, tau in ((0, 0.003), (1, 0.005)):
+        result = fake_result(0.0)
+        # the smaller a layer's init std, the sparser it ends: ρ = -1
+        result["sparsity"]["layers"] = {n: 1.0 - scales[n][0] for n in names}
+        result["thresholds"] = {"backbone": tau, "normal": 2 * tau}
+        key = f"adapmtl_sp90_seed{seed}"
+        (runs_dir / f"{key}.json").write_text(json.dumps(result))
+        book[f"resnet34/{key}"] = {"architecture": "resnet34", "method": "adapmtl", "target": 90, "seed": seed,
+                                   "commands": ["python x"]}
+    (plan.root / "cells.json").write_text(json.dumps(book))
+    groups = compare_report.group_runs(compare_report.load_runs(plan.root))
+    md = "\n".join(compare_allocation.allocation_section(groups, plan))
+    total = sum(c for _, c in scales.values())
+    backbone = sum(c for n, (_, c) in scales.items() if n.startswith("backbone."))
+    assert f"backbone {100 * backbone / total:.1f}%" in md
+    assert "| AdapMTL (stop rule) | -1.00 (-1.00 to -1.00) | 0.0030–0.0100 | 2 |" in md
+    assert f"stop rule {torch.sigmoid(torch.tensor(compare.REFERENCE_CONTROL[90][0])).item():.4f}" in md
