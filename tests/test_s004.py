@@ -43,3 +43,34 @@ def test_report_takes_the_learning_rate_with_the_best_validation_score(tmp_path)
     assert "taylor 50% iterative" in text
     retrained = next(line for line in text.splitlines() if "re-trained" in line)
     assert "lr 0.0005 of 2" in retrained and "| 50.00 |" in retrained  # chosen on validation, never on test
+
+
+def _mark_done(exp: s004.S004, key: str, commands: list[list[str]]) -> None:
+    path = exp.root / "runs" / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+    exp.book[key] = {"commands": [s004.shlex.join(["python", *c]) for c in commands]}
+
+
+def test_a_missing_iterative_checkpoint_is_trained_again_before_its_re_trainings(tmp_path, monkeypatch):
+    ns = s004.parse(["--quick", "--out", str(tmp_path), "--logs", str(tmp_path), "--ratios", "50",
+                     "--methods", "taylor"])
+    exp = s004.S004(ns)
+    calls = []
+    monkeypatch.setattr(exp, "run", lambda key, cmds, save, force=False, pretrained=False:
+                        calls.append((key, force, pretrained)))
+    key, cmds, save = exp.iterative("taylor", 50)
+    _mark_done(exp, key, cmds)
+    for lr in ns.lrs:
+        _mark_done(exp, *exp.retrained("taylor", 50, lr)[:2])
+    exp.run_all()  # everything done: nothing is forced (run returns the kept JSON)
+    assert calls[0] == (key, False, True) and len(calls) == 1 + len(ns.lrs)
+    (exp.root / "runs" / "taylor_r50_retrained_lr0.0001.json").unlink()  # one re-training left, folder gone
+    calls.clear()
+    exp.run_all()
+    assert calls[0] == (key, True, True)
+    save.mkdir(parents=True)
+    (save / s004.CKPT).write_bytes(b"")  # the iterative checkpoint is here: it is not trained again
+    calls.clear()
+    exp.run_all()
+    assert calls[0] == (key, False, True)
