@@ -441,10 +441,21 @@ def cpu_budget(book: dict) -> list[str]:
     timed = [e["cpu_s"] for e in own if "cpu_s" in e]
     if not timed:
         return ["CPU time: not recorded for these cells (recorded from the cells run after it was added)."]
-    untimed = len(own) - len(timed)
-    return [f"CPU time of the {len(timed)} cells that record it: {sum(timed) / 3600:.2f} CPU-hours, i.e. "
-            f"{sum(timed) / 7200:.2f} h on 2 cores" + (f"; {untimed} earlier cells recorded wall time only." if
-                                                       untimed else ".")]
+    untimed = [e for e in own if "cpu_s" not in e]
+    line = (f"CPU time of the {len(timed)} cells that record it: {sum(timed) / 3600:.2f} CPU-hours, i.e. "
+            f"{sum(timed) / 7200:.2f} h on 2 cores")
+    if not untimed:
+        return [line + "."]
+    # a cell that ran on one CPU thread cannot have used more CPU time than its wall time: an upper bound
+    bounded = [e.get("wall_s", 0.0) for e in untimed if e.get("threads") == 1]
+    line += f"; {len(untimed)} earlier cells recorded wall time only"
+    if bounded:
+        bound = (sum(timed) + sum(bounded)) / 3600
+        line += (f", {len(bounded)} of them at one thread each, whose wall time ({sum(bounded) / 3600:.2f} h) bounds "
+                 f"their CPU time from above: at most {bound:.2f} CPU-hours" + (
+                     f" for the {len(timed) + len(bounded)} cells" if len(bounded) < len(untimed) else " in all")
+                 + f", i.e. at most {bound / 2:.2f} h on 2 cores")
+    return [line + "."]
 
 
 def _environment() -> dict:

@@ -123,3 +123,17 @@ def test_readme_summary_is_spliced_between_the_markers_only(tmp_path):
         compare.main(["--architectures", "resnet34", "--logs", str(tmp_path), "--report_only", "--readme",
                       str(readme)])
     assert not report.exists()
+
+
+def test_cpu_budget_bounds_single_thread_cells_without_cpu_time_by_their_wall_time():
+    book = {"a": {"cpu_s": 3600.0, "wall_s": 4000.0}, "b": {"cpu_s": 1800.0, "wall_s": 1900.0},
+            "c": {"wall_s": 0.0, "cpu_s": 0.0, "reused": "a"},  # a reused run has no time of its own
+            "d": {"wall_s": 720.0, "threads": 1}, "e": {"wall_s": 999.0}}  # e: threads unknown, no bound
+    (line,) = compare_report.cpu_budget(book)
+    assert "CPU time of the 2 cells that record it: 1.50 CPU-hours, i.e. 0.75 h on 2 cores" in line
+    assert "2 earlier cells recorded wall time only, 1 of them at one thread each" in line
+    assert "at most 1.70 CPU-hours for the 3 cells, i.e. at most 0.85 h on 2 cores." in line
+    del book["e"]
+    assert "at most 1.70 CPU-hours in all" in compare_report.cpu_budget(book)[0]
+    assert compare_report.cpu_budget({"a": {"cpu_s": 7200.0}}) == [
+        "CPU time of the 1 cells that record it: 2.00 CPU-hours, i.e. 1.00 h on 2 cores."]
