@@ -45,6 +45,11 @@ SPARSITY_LABELS = " / ".join(["bb", *(spec.tag.lower() for spec in _SPECS)])
 DELTA_LABELS = " / ".join(f"Δ_T{i}" for i in range(1, len(_SPECS) + 1))
 
 
+# The paper's Table 2 row names -> our methods (its DiSparse is the dynamic variant, the one its script runs)
+PAPER_ROWS = {"Dense": "dense", "SNIP": "snip", "LTH": "lth", "IMP": "imp", "DiSparse": "disparse_dynamic",
+              "AdapMTL": "adapmtl"}
+
+
 @dataclass
 class Run:
     """One finished cell: its test.py JSON and its Δ_T (both definitions) against the mean dense model."""
@@ -234,8 +239,7 @@ def seed_section(groups: Mapping, ns: Any, definition: str) -> list[str]:
 
 def paper_section(groups: Mapping, target: int, definition: str) -> list[str]:
     """The paper's Table 2 (NYUv2, MobileNetV2, 90 %) beside our MobileNetV2 rows."""
-    ours = {"Dense": "dense", "SNIP": "snip", "LTH": "lth", "IMP": "imp", "DiSparse": "disparse_dynamic",
-            "AdapMTL": "adapmtl"}
+    ours = PAPER_ROWS
     md = [f"## The paper's Table 2 beside ours (MobileNetV2, {target}%)", "",
           "Paper: NYUv2, reference-adapmtl.md \"Table 2\" (its DiSparse row is the dynamic variant, the one the "
           "reference's script runs). Ours: synthetic benchmark, means over seeds, Δ against our dense mean "

@@ -8,12 +8,15 @@ The summary is built from the same JSON and statistics as ``logs/comparison.md``
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.compare_protocol import ADAPMTL_ROWS, METHODS
+from bench.compare_protocol import ADAPMTL_ROWS, METHODS, PAPER_TABLE2
 from bench.compare_report import (
+    COMPONENTS,
+    PAPER_ROWS,
     cpu_budget,
     group_runs,
     load_runs,
@@ -48,8 +51,28 @@ def summary_lines(plan: Any) -> list[str]:
     md += _table(groups, ranked, t, definition)
     findings = [line for a in ns.architectures for line in
                 significance_lines(groups, a, t, ranked[a], definition, floors[a])]
-    md += ["", *findings, "", *cpu_budget(read_book(plan.root))]
-    return md
+    md += ["", *findings, ""]
+    if "mobilenetv2" in ns.architectures:
+        md += paper_lines(groups, t, definition)
+    return md + cpu_budget(read_book(plan.root))
+
+
+def paper_lines(groups: Mapping, t: int, definition: str) -> list[str]:
+    """The paper's Table 2 (NYUv2, MobileNetV2) beside our MobileNetV2 rows: Δ_T and the backbone's sparsity."""
+    backbone = COMPONENTS[0][0]
+    lines = [f"The paper's Table 2 (NYUv2, MobileNetV2, {t}%) beside our MobileNetV2 rows (every column: the "
+             "report):", "", "| row | paper Δ_T | ours Δ_T (seeds) | paper Sp. backbone | ours Sp. backbone |",
+             "|---|---|---|---|---|"]
+    for name, *_, sp_backbone, _seg, _nor, _dep, paper_dt in PAPER_TABLE2:
+        method = PAPER_ROWS.get(name)
+        target = None if method == "dense" else t
+        per = per_seed_delta(groups, "mobilenetv2", method, target, definition) if method else {}
+        sp = [100 * r.result["sparsity"]["components"][backbone]
+              for r in groups.get(("mobilenetv2", method, target), []) if target is not None]
+        ours = f"{t_interval(list(per.values()))} ({len(per)})" if per else "not run"
+        lines.append(f"| {name} | {paper_dt:+.2f} | {ours} | {'–' if sp_backbone is None else f'{sp_backbone:.2f}%'} "
+                     f"| {f'{statistics.fmean(sp):.1f}%' if sp else '–'} |")
+    return [*lines, ""]
 
 
 def _table(groups: Mapping, ranked: Mapping[str, Sequence[str]], t: int, definition: str) -> list[str]:

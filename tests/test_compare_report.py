@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from bench import compare, compare_report, compare_summary
+from bench.compare_protocol import PAPER_TABLE2
 from bench.comparison_stats import NoiseFloor, delta, holm, mean_table, paired, t_interval
 from main.errors import UserError
 from tests.test_compare import fake_metrics, fake_result
@@ -137,3 +138,19 @@ def test_cpu_budget_bounds_single_thread_cells_without_cpu_time_by_their_wall_ti
     assert "at most 1.70 CPU-hours in all" in compare_report.cpu_budget(book)[0]
     assert compare_report.cpu_budget({"a": {"cpu_s": 7200.0}}) == [
         "CPU time of the 1 cells that record it: 2.00 CPU-hours, i.e. 1.00 h on 2 cores."]
+
+
+def test_summary_puts_the_papers_table_2_beside_our_mobilenetv2_rows(tmp_path):
+    plan = compare.Plan(compare.parse(["--architectures", "mobilenetv2", "--logs", str(tmp_path)]))
+    cells = [("mobilenetv2", "dense", None, s, v) for s, v in enumerate([0.5, -0.5, 1.0])]
+    cells += [("mobilenetv2", "adapmtl", 90, s, v) for s, v in enumerate([2.0, 2.5, 1.5])]
+    write_cells(plan.root, cells)
+    groups = compare_report.group_runs(compare_report.load_runs(plan.root))
+    text = "\n".join(compare_summary.paper_lines(groups, 90, "standard"))
+    adap = compare_report.per_seed_delta(groups, "mobilenetv2", "adapmtl", 90, "standard")
+    paper = {row[0]: row for row in PAPER_TABLE2}
+    # fake_result's components are all 90 % sparse; the paper's AdapMTL backbone is its own number
+    assert (f"| AdapMTL | {paper['AdapMTL'][-1]:+.2f} | {t_interval(list(adap.values()))} (3) "
+            f"| {paper['AdapMTL'][6]:.2f}% | 90.0% |") in text
+    assert f"| SNIP | {paper['SNIP'][-1]:+.2f} | not run |" in text
+    assert "| Dense | +0.00 | " in text and "| AdapMTL w/o adaptive thresholds |" in text
