@@ -14,8 +14,9 @@ total (pre-training, pruning and fine-tuning counted together) and the protocol 
 - AdapMTL (budget control): the same with ``--sparsity_control budget`` and ONE sInit / weight decay for all targets.
 - AdapMTL from dense: ``--reload`` of the shared dense pre-training (P = T/2), then T - P with budget control (the
   stop rule tuned for a start from scratch need not reach the target in T - P): the reference README's "Option 2".
-- ablations (seed 0, first architecture, budget control so that sparsity is equal): equal task weights; one
-  global threshold instead of one per component.
+- ablations (``--ablation_seeds`` seeds, first architecture, budget control so that sparsity is equal, paired with
+  AdapMTL's budget-control cells of the same seeds): equal task weights; one global threshold instead of one per
+  component.
 - SNIP, DiSparse-static: prune at initialisation, train T (``SOTA_methods.at_init``).
 - DiSparse-dynamic: prune-and-regrow during T (``SOTA_methods.disparse``).
 - IMP, LTH: from the dense pre-training (one per seed and architecture, shared): IMP prunes by magnitude in rounds
@@ -195,9 +196,10 @@ class Plan:
                 if METHODS[m].kind == "structured":
                     out += [self.cell(arch, m, r, 0, lrs.get((arch, m))) for r in ns.filter_ratios]
         arch0 = ns.architectures[0]
-        for m in self.methods(arch0):
-            if METHODS[m].ablation and ns.ablation_sparsity is not None:
-                out.append(self.cell(arch0, m, ns.ablation_sparsity, 0, lrs.get((arch0, "adapmtl_budget"))))
+        for seed in range(ns.ablation_seeds):  # paired with budget control's cells of the same seeds
+            for m in self.methods(arch0):
+                if METHODS[m].ablation and ns.ablation_sparsity is not None:
+                    out.append(self.cell(arch0, m, ns.ablation_sparsity, seed, lrs.get((arch0, "adapmtl_budget"))))
         return out
 
 
@@ -603,6 +605,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the methods run on MobileNetV2 (default: those of --methods that are the paper's Table 2\n"
                         "rows: " + " ".join(MOBILENETV2_METHODS) + ")")
     p.add_argument("--ablation_sparsity", type=int, default=90, help="target of the ablations and the tuning grid")
+    p.add_argument("--ablation_seeds", type=int, default=5,
+                   help="seeds of each ablation (default 5), paired with AdapMTL (budget control) at the same seeds")
     p.add_argument("--filter_ratios", type=int, nargs="+", default=[50, 75],
                    help="Taylor / CosPrune: percent of the backbone filters removed (default 50 75)")
     p.add_argument("--grid_lr", type=float, nargs="+", default=[1e-3, 5e-4],
@@ -640,11 +644,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if missing and "adapmtl" in [*ns.methods, *(ns.mobilenetv2_methods or [])]:
         raise UserError(f"the stop rule has no sInit / weight decay for {missing[0]}%; its targets are "
                         f"{', '.join(map(str, REFERENCE_CONTROL))}")
-    if ns.seeds < 1 or ns.iters < 2 or ns.jobs < 0 or ns.data_seed < 0:
-        raise UserError("--seeds must be >= 1, --iters >= 2, --jobs >= 0 and --data_seed >= 0")
+    if ns.seeds < 1 or ns.ablation_seeds < 0 or ns.iters < 2 or ns.jobs < 0 or ns.data_seed < 0:
+        raise UserError("--seeds must be >= 1, --ablation_seeds >= 0, --iters >= 2, --jobs >= 0 and --data_seed >= 0")
     if ns.quick:
         ns.iters = min(ns.iters, 8)
         ns.seeds = min(ns.seeds, 2)
+        ns.ablation_seeds = min(ns.ablation_seeds, 1)
     return ns
 
 

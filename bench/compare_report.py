@@ -321,14 +321,26 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
 
 
 def _ablations(groups: Mapping, ns: Any, definition: str) -> list[str]:
-    arch, t = ns.architectures[0], ns.ablation_sparsity
-    names = ["adapmtl_budget", *(m for m in METHODS if METHODS[m].ablation)]
-    rows = [(METHODS[m].label, groups[(arch, m, t)]) for m in names if (arch, m, t) in groups]
-    if len(rows) <= 1:
+    """Each ablation against AdapMTL with budget control (equal sparsity) at the ablations' seeds, paired."""
+    arch, t, anchor = ns.architectures[0], ns.ablation_sparsity, "adapmtl_budget"
+    ablations = [m for m in METHODS if METHODS[m].ablation and (arch, m, t) in groups]
+    if not ablations or (arch, anchor, t) not in groups:
         return []
-    rows = [(lab, rs[:1]) for lab, rs in rows]  # ablations ran at seed 0 only: compare seed 0 with seed 0
-    return [f"## Ablations ({arch}, {t}%, budget control, seed 0)", "",
-            *main_table([(METHODS["dense"].label, groups.get((arch, "dense", None), []))] + rows, definition), ""]
+    seeds = {r.seed for m in ablations for r in groups[(arch, m, t)]}
+    rows = [(METHODS[m].label, [r for r in groups[(arch, m, t)] if r.seed in seeds]) for m in [anchor, *ablations]]
+    base = per_seed_delta(groups, arch, anchor, t, definition)
+    tests = {m: res for m in ablations
+             if (res := paired(per_seed_delta(groups, arch, m, t, definition), base)) is not None}
+    adjusted = holm({m: res.p for m, res in tests.items() if res.p is not None})
+    md = [f"## Ablations ({arch}, {t}%, budget control, seeds {', '.join(map(str, sorted(seeds)))})", "",
+          *main_table([(METHODS["dense"].label, groups.get((arch, "dense", None), []))] + rows, definition), "",
+          f"Paired against {METHODS[anchor].label} at the same seeds ({definition} Δ_T; Holm over the "
+          f"{len(tests)} ablations):", "", "| ablation | − AdapMTL (budget control): diff (n) | p | Holm p |",
+          "|---|---|---|---|"]
+    for m, res in tests.items():
+        md.append(f"| {METHODS[m].label} | {res.diff} (n={len(res.seeds)}) | {_p(res.p)} | "
+                  f"{_p(adjusted.get(m))} |")
+    return md + [""]
 
 
 def _structured(groups: Mapping, ns: Any, definition: str) -> list[str]:

@@ -136,7 +136,13 @@ def test_default_grid_is_five_seeds_of_every_ranked_method_on_both_architectures
     order = [c.seed for c in cells if not compare.METHODS[c.method].ablation]
     assert order == sorted(order)
     ablations = [c for c in cells if compare.METHODS[c.method].ablation]
-    assert {(c.arch, c.seed) for c in ablations} == {("resnet34", 0)}
+    # each ablation at the five seeds of AdapMTL (budget control), whose cells they are paired with
+    assert {(c.arch, c.method, c.seed) for c in ablations} == {
+        ("resnet34", m, s) for m in compare.DEFAULT_ABLATIONS for s in range(5)}
+    budget = {(c.seed, c.target) for c in cells if (c.arch, c.method) == ("resnet34", "adapmtl_budget")}
+    assert {(c.seed, c.target) for c in ablations} == budget
+    two = compare.Plan(compare.parse(["--out", str(tmp_path), "--ablation_seeds", "2"])).cells({})
+    assert sorted({c.seed for c in two if compare.METHODS[c.method].ablation}) == [0, 1]
 
 
 def test_each_architecture_adds_its_own_protocol_flags_to_every_command(tmp_path):

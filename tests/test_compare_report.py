@@ -154,3 +154,25 @@ def test_summary_puts_the_papers_table_2_beside_our_mobilenetv2_rows(tmp_path):
             f"| {paper['AdapMTL'][6]:.2f}% | 90.0% |") in text
     assert f"| SNIP | {paper['SNIP'][-1]:+.2f} | not run |" in text
     assert "| Dense | +0.00 | " in text and "| AdapMTL w/o adaptive thresholds |" in text
+
+
+def test_ablations_are_paired_with_budget_control_at_their_seeds(tmp_path):
+    ns = compare.parse(["--architectures", "resnet34", "--logs", str(tmp_path)])
+    plan = compare.Plan(ns)
+    budget = [-3.0, -4.0, -2.5, -3.5, -5.0]
+    cells = [("resnet34", "dense", None, s, v) for s, v in enumerate([0.5, -0.5, 1.0, -1.0, 0.0])]
+    cells += [("resnet34", "adapmtl_budget", 90, s, v) for s, v in enumerate(budget)]
+    cells += [("resnet34", "adapmtl_global_threshold", 90, s, v + 2.0 + 0.1 * s) for s, v in enumerate(budget)]
+    cells += [("resnet34", "adapmtl_equal_weights", 90, s, v) for s, v in enumerate(budget[:2])]
+    write_cells(plan.root, cells)
+    groups = compare_report.group_runs(compare_report.load_runs(plan.root))
+    md = "\n".join(compare_report._ablations(groups, ns, "standard"))
+    assert "## Ablations (resnet34, 90%, budget control, seeds 0, 1, 2, 3, 4)" in md
+    per = {m: compare_report.per_seed_delta(groups, "resnet34", m, 90, "standard")
+           for m in ("adapmtl_budget", "adapmtl_global_threshold", "adapmtl_equal_weights")}
+    glob = paired(per["adapmtl_global_threshold"], per["adapmtl_budget"])
+    eq = paired(per["adapmtl_equal_weights"], per["adapmtl_budget"])
+    adjusted = holm({"g": glob.p, "e": eq.p})
+    assert f"| AdapMTL, one global threshold | {glob.diff} (n=5) |" in md and f"{adjusted['g']:.3f}" in md
+    assert f"| AdapMTL w/o adaptive weighting | {eq.diff} (n=2) |" in md
+    assert "Holm over the 2 ablations" in md
