@@ -86,7 +86,7 @@ def load_runs(root: Path) -> list[Run]:
 
 
 def _mean(values: Sequence[float], digits: int = 2) -> str:
-    return f"{statistics.fmean(values):.{digits}f}" if values else "–"
+    return f"{round(statistics.fmean(values), digits) + 0.0:.{digits}f}" if values else "–"  # never -0.00
 
 
 def group_runs(runs: Sequence[Run]) -> dict[tuple[str, str, int | None], list[Run]]:

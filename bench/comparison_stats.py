@@ -106,7 +106,8 @@ class Interval:
     half: float | None
 
     def __str__(self) -> str:
-        return f"{self.mean:+.2f}" if self.half is None else f"{self.mean:+.2f} ± {self.half:.2f}"
+        mean = round(self.mean, 2) + 0.0  # a mean of -1e-16 prints as +0.00, not -0.00
+        return f"{mean:+.2f}" if self.half is None else f"{mean:+.2f} ± {self.half:.2f}"
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:

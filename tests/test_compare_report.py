@@ -38,6 +38,7 @@ def test_t_interval_and_paired_test_match_scipy():
     lo, hi = stats.t.interval(0.95, 4, loc=statistics.fmean(diffs), scale=stats.sem(diffs))
     assert res.diff.mean == pytest.approx(statistics.fmean(diffs)) and res.diff.half == pytest.approx((hi - lo) / 2)
     assert t_interval([2.0]).half is None and paired({0: 1.0}, {1: 1.0}) is None
+    assert str(t_interval([-1e-16, -2e-16, 1e-17])).startswith("+0.00 ± ")  # dense against its own mean: no -0.00
 
 
 def write_cells(root, cells):
