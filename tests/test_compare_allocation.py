@@ -11,7 +11,7 @@ from bench import compare, compare_allocation, compare_report
 from main.cli.args import parse_args
 from main.data import dataset_info
 from main.models import model_for
-from main.sparse import SparsityCounter
+from main.sparse import SparsityCounter, sparse_convs
 from tests.test_compare import fake_result
 
 
@@ -28,7 +28,28 @@ def test_init_scales_cover_exactly_the_layers_test_py_reports(tmp_path, arch):
     counter = SparsityCounter(model.components())
     layers = counter.report(counter.count()).layers
     assert set(scales) == set(layers)
-    assert all(std > 0 and count == layers[name][1] for name, (std, count) in scales.items())
+    assert all(std > 0 and count == layers[name][1] for name, (std, count, _) in scales.items())
+
+
+@pytest.mark.parametrize("arch", ["resnet34", "mobilenetv2"])
+def test_dead_tap_fraction_is_the_share_of_kernel_taps_that_never_get_a_gradient(tmp_path, arch):
+    """Independent check: backpropagate through the model at the protocol's crop and count, per layer, the kernel
+    taps whose gradient is exactly zero for every weight (they only ever multiply zero padding)."""
+    plan = quick_plan(tmp_path, arch)
+    scales = compare_allocation.layer_init_scales(plan, arch)
+    cfg, _ = parse_args(plan.base(arch, 0, tmp_path / "run", None, plan.T))
+    torch.manual_seed(1)
+    model = model_for(cfg, dataset_info(cfg).task_channels, sparse=False).eval()
+    out = model(torch.randn(2, 3, cfg.crop_size, cfg.crop_size))
+    sum(o.square().sum() for o in out.values()).backward()
+    dead_somewhere = False
+    for cname, module in model.components():
+        for lname, conv in sparse_convs(module):
+            grad = conv.weight.grad.abs().sum(dim=(0, 1))  # per kernel tap
+            measured = float((grad == 0).float().mean())
+            assert scales[f"{cname}.{lname}"][2] == pytest.approx(measured), (cname, lname)
+            dead_somewhere |= measured > 0
+    assert dead_somewhere  # the tiny smoke-test crop leaves dilated ASPP taps in the padding
 
 
 def test_correlation_is_minus_one_when_small_init_layers_end_sparsest():
@@ -60,8 +81,10 @@ def test_section_prints_shares_correlations_and_threshold_range(tmp_path):
     (plan.root / "cells.json").write_text(json.dumps(book))
     groups = compare_report.group_runs(compare_report.load_runs(plan.root))
     md = "\n".join(compare_allocation.allocation_section(groups, plan))
-    total = sum(c for _, c in scales.values())
-    backbone = sum(c for n, (_, c) in scales.items() if n.startswith("backbone."))
+    total = sum(c for _, c, _ in scales.values())
+    backbone = sum(c for n, (_, c, _) in scales.items() if n.startswith("backbone."))
+    dead = sum(c * d for _, c, d in scales.values())
     assert f"backbone {100 * backbone / total:.1f}%" in md
+    assert f"zero padding at this crop: {100 * dead / total:.1f}% of all weights" in md
     assert "| AdapMTL (stop rule) | -1.00 (-1.00 to -1.00) | 0.0030–0.0100 | 2 |" in md
     assert f"stop rule {torch.sigmoid(torch.tensor(compare.REFERENCE_CONTROL[90][0])).item():.4f}" in md
