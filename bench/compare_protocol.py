@@ -70,9 +70,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 DEFAULT_METHODS = ("dense", "adapmtl", "adapmtl_budget", "adapmtl_dense_start", "snip", "disparse_static",
                    "disparse_dynamic", "imp", "lth")
 DEFAULT_ABLATIONS = ("adapmtl_equal_weights", "adapmtl_global_threshold")
-# MobileNetV2 runs the paper's Table 2 rows (AdapMTL with the reference's stop rule), which keeps the default grid
-# within its budget; ``--mobilenetv2_methods`` changes it.
-MOBILENETV2_METHODS = ("dense", "adapmtl", "snip", "disparse_static", "disparse_dynamic", "imp", "lth")
+# MobileNetV2 runs the paper's Table 2 rows (AdapMTL with the reference's stop rule) and AdapMTL with budget control:
+# the stop rule's 90 % setting (tuned on ResNet34) overshoots to about 95 % on MobileNetV2, so only the
+# budget-controlled row is at the others' sparsity.  ``--mobilenetv2_methods`` changes the list.
+MOBILENETV2_METHODS = ("dense", "adapmtl", "adapmtl_budget", "snip", "disparse_static", "disparse_dynamic", "imp",
+                       "lth")
 # AdapMTL rows every other method is paired with in the report
 ADAPMTL_ROWS = ("adapmtl", "adapmtl_budget")
 
