@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,7 @@ def layer_init_scales(plan: Any, arch: str) -> dict[str, tuple[float, int, float
 
     Those taps get no task gradient, so every method prunes them for free (weight decay shrinks them, SNIP scores
     them 0): a dilated ASPP branch whose rate exceeds the feature map is live only at its centre tap."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg, _ = parse_args(plan.base(arch, 0, Path(tmp) / "run", None, plan.T))
+    cfg, _ = parse_args(plan.base(arch, 0, Path("unused"), None, plan.T))  # parsing writes nothing to the folder
     torch.manual_seed(0)
     model = model_for(cfg, dataset_info(cfg).task_channels, sparse=False).eval()
     convs = {f"{cname}.{lname}": conv for cname, module in model.components() for lname, conv in sparse_convs(module)}

@@ -239,7 +239,6 @@ def seed_section(groups: Mapping, ns: Any, definition: str) -> list[str]:
 
 def paper_section(groups: Mapping, target: int, definition: str) -> list[str]:
     """The paper's Table 2 (NYUv2, MobileNetV2, 90 %) beside our MobileNetV2 rows."""
-    ours = PAPER_ROWS
     md = [f"## The paper's Table 2 beside ours (MobileNetV2, {target}%)", "",
           "Paper: NYUv2, reference-adapmtl.md \"Table 2\" (its DiSparse row is the dynamic variant, the one the "
           "reference's script runs). Ours: synthetic benchmark, means over seeds, Δ against our dense mean "
@@ -248,7 +247,7 @@ def paper_section(groups: Mapping, target: int, definition: str) -> list[str]:
           f"| ours {DELTA_LABELS} | ours Sp. {SPARSITY_LABELS} | ours Δ_T (parity) |", "|---" * 8 + "|"]
     for row in PAPER_TABLE2:
         name, miou, pa, d1, d2, d3, *sp, dt = row
-        rs = groups.get(("mobilenetv2", ours.get(name, ""), None if name == "Dense" else target), [])
+        rs = groups.get(("mobilenetv2", PAPER_ROWS.get(name, ""), None if name == "Dense" else target), [])
         paper_sp = " / ".join("–" if x is None else f"{x:.1f}" for x in sp)
         if rs:
             task_d = " / ".join(_mean([r.delta[definition]["tasks"][t] for r in rs if r.delta[definition]])
