@@ -27,7 +27,17 @@ from bench.compare_protocol import (
     REFERENCE_CONTROL,
     TASKS,
 )
-from bench.comparison_stats import STYLE, NoiseFloor, delta, holm, mean_table, metrics_of, paired, t_interval
+from bench.comparison_stats import (
+    STYLE,
+    NoiseFloor,
+    delta,
+    holm,
+    mean_table,
+    metric_noise,
+    metrics_of,
+    paired,
+    t_interval,
+)
 from main.models import BACKBONE
 from main.task_registry import task_spec
 
@@ -121,6 +131,26 @@ def noise_section(runs: Sequence[Run], archs: Sequence[str], definition: str) ->
             tasks = " / ".join(f"{nf.task_std[t]:.2f}" if nf.task_std.get(t) is not None else "–" for t in TASKS)
             md.append(f"| {arch} | {d}{' (ranking)' if d == definition else ''} | {nf.n} | "
                       f"{_num(nf.std)} | {_num(nf.max_abs)} | {tasks} |")
+    return md + [""] + metric_noise_table(runs, archs, definition)
+
+
+def metric_noise_table(runs: Sequence[Run], archs: Sequence[str], definition: str) -> list[str]:
+    """Where the noise floor comes from: each metric's dense mean and the std of its leave-one-out term."""
+    tables = {a: [metrics_of(r.result, definition) for r in runs if r.arch == a and r.method == "dense"]
+              for a in archs}
+    tables = {a: t for a, t in tables.items() if len(t) > 1}
+    if not tables:
+        return []
+    noise = {a: metric_noise(t) for a, t in tables.items()}
+    means = {a: mean_table(t) for a, t in tables.items()}
+    md = [f"Metric by metric ({definition}): the dense mean, and the std (%) of the metric's term in its task's "
+          "leave-one-out Δ_T (a task's Δ is the sum of these terms, so a small-valued metric with a small absolute "
+          "scatter can make most of its task's noise).", "",
+          "| task | metric | " + " | ".join(f"{a}: mean | {a}: std of term" for a in tables) + " |",
+          "|---|---|" + "---|---|" * len(tables)]
+    for task, metric, header, scale in COLUMNS:
+        cells = [f"{means[a][task][metric] * scale:.3f} | {_num(noise[a][task][metric])}" for a in tables]
+        md.append(f"| {task} | {header} | " + " | ".join(cells) + " |")
     return md + [""]
 
 

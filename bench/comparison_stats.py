@@ -93,6 +93,28 @@ class NoiseFloor:
                    task_std={t: _std([d["tasks"][t] for d in loo]) for t in tasks}, values=overall)
 
 
+def metric_noise(tables: Sequence[Table]) -> dict[str, dict[str, float | None]]:
+    """Per metric: the std over seeds of its signed relative change (%) against the mean of the other seeds.
+
+    Why: Δ_Ti is a sum of these terms, so this says which metrics make a task's noise floor.  A metric whose value
+    is small (e.g. the share of pixels within 11.25°) turns a small absolute scatter into a large relative one.
+    None where fewer than two seeds have a defined term (a mean of 0).
+    """
+    if len(tables) < 2:
+        return {}
+    dirs = directions_for(tables[0])
+    out: dict[str, dict[str, float | None]] = {}
+    for task, values in tables[0].items():
+        for m in values:
+            terms = []
+            for i, t in enumerate(tables):
+                ref = statistics.fmean(o[task][m] for j, o in enumerate(tables) if j != i)
+                if ref != 0:
+                    terms.append(dirs[task][m] * (t[task][m] - ref) / ref * 100.0)
+            out.setdefault(task, {})[m] = _std(terms)
+    return out
+
+
 def _std(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 

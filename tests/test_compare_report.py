@@ -10,7 +10,7 @@ from scipy import stats
 
 from bench import compare, compare_report, compare_summary
 from bench.compare_protocol import PAPER_TABLE2
-from bench.comparison_stats import NoiseFloor, delta, holm, mean_table, paired, t_interval
+from bench.comparison_stats import NoiseFloor, delta, holm, mean_table, metric_noise, paired, t_interval
 from main.errors import UserError
 from tests.test_compare import fake_metrics, fake_result
 
@@ -26,6 +26,25 @@ def test_delta_against_the_mean_and_leave_one_out_noise_floor():
     assert floor.std == pytest.approx(statistics.stdev(expected)) and floor.n == 4
     assert floor.max_abs == pytest.approx(max(abs(x) for x in expected))
     assert NoiseFloor.of(tables[:1]).std is None  # one seed has no noise floor
+
+
+def test_metric_noise_traces_a_task_noise_floor_to_its_metric():
+    """One metric scattering (small-valued, as the 11.25° share) makes all of its task's leave-one-out noise."""
+    tables = [fake_metrics(0.0) for _ in range(5)]
+    for t, v in zip(tables, (12.0, 15.5, 13.0, 11.0, 14.0), strict=True):
+        t["normal"]["Angle 11.25"] = v
+    noise = metric_noise(tables)
+    floor = NoiseFloor.of(tables)
+    assert noise["normal"]["Angle 11.25"] == pytest.approx(floor.task_std["normal"])
+    assert noise["normal"]["Angle Mean"] == pytest.approx(0.0) and noise["depth_zbuffer"]["abs_err"] == 0.0
+    # relative: scaling the metric leaves its noise unchanged, the same absolute scatter on a larger value shrinks it
+    for t in tables:
+        t["normal"]["Angle 11.25"] *= 5
+    assert metric_noise(tables)["normal"]["Angle 11.25"] == pytest.approx(noise["normal"]["Angle 11.25"], rel=1e-9)
+    for t, v in zip(tables, (12.0, 15.5, 13.0, 11.0, 14.0), strict=True):
+        t["normal"]["Angle 11.25"] = v + 48.0
+    assert metric_noise(tables)["normal"]["Angle 11.25"] < noise["normal"]["Angle 11.25"] / 4
+    assert metric_noise(tables[:1]) == {}
 
 
 def test_t_interval_and_paired_test_match_scipy():
