@@ -175,6 +175,30 @@ def _row(label: str, result: dict, reference: dict | None) -> str:
             + " | ".join(cells) + f" | {shown} |")
 
 
+def search_table(ns: argparse.Namespace, results: dict[str, dict], reference: dict | None) -> list[str]:
+    """Every re-training of the lr search: the validation Pixel Acc that chose it, at which iteration, and the test
+    Δ_T per task, so that what the selection rule picks (one task's metric, any evaluated checkpoint) is visible."""
+    rows = []
+    for method in ns.methods:
+        for ratio in ns.ratios:
+            for lr in ns.lrs:
+                r = results.get(f"{method}_r{ratio}_retrained_lr{lr:g}")
+                if r is None or not r.get("best"):
+                    continue
+                d = delta(metrics_of(r, "standard"), reference) if reference is not None else None
+                tasks = " / ".join(f"{v:+.1f}" for v in d["tasks"].values()) if d else "-"
+                shown = f"{d['overall']:+.2f}" if d else "-"
+                rows.append(f"| {method} {ratio}% | {lr:g} | {r['best']['score']:.4f} | {r['best'].get('iter', '-')} "
+                            f"| {tasks} | {shown} |")
+    if not rows:
+        return []
+    return ["", "## The learning-rate search, every re-training", "",
+            "Validation Pixel Acc of the checkpoint the rule chose (the highest per model sets its lr above), the "
+            "iteration of that checkpoint, and its test Δ_T.", "",
+            "| model | lr | val Pixel Acc | best iter | Δ_T seg / normal / depth | Δ_T |", "|---|---|---|---|---|---|",
+            *rows]
+
+
 def write_report(ns: argparse.Namespace, root: Path) -> Path:
     results = _results(root)
     dense = _dense_tables(Path(ns.logs), ns.arch)
@@ -199,6 +223,7 @@ def write_report(ns: argparse.Namespace, root: Path) -> Path:
             if tried:
                 lr, best = max(tried.items(), key=lambda kv: kv[1]["best"]["score"])
                 md.append(_row(f"{method} {ratio}% re-trained (lr {lr:g} of {len(tried)})", best, reference))
+    md += search_table(ns, results, reference)
     path = root.parent / f"{root.name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(md) + "\n")
