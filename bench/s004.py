@@ -171,7 +171,9 @@ def _row(label: str, result: dict, reference: dict | None) -> str:
     d = delta(table, reference) if reference is not None else None
     params, flops = result["params"], result["flops"]
     shown = "-" if d is None else f"{d['overall']:+.2f}"
-    return (f"| {label} | {params['nonzero'] / 1e3:,.0f}k | {flops['nonzero'] / flops['dense']:.3f} | "
+    reduction = 100.0 * (1 - params["nonzero"] / params["total"])  # S004's %_R: parameters removed
+    return (f"| {label} | {params['nonzero'] / 1e3:,.0f}k | {reduction:.1f} | "
+            f"{flops['nonzero'] / flops['dense']:.3f} | "
             + " | ".join(cells) + f" | {shown} |")
 
 
@@ -211,8 +213,8 @@ def write_report(ns: argparse.Namespace, root: Path) -> Path:
           "One seed per model, as in S004: a Δ_T difference within about twice the comparison's noise floor "
           + (f"(leave-one-out std {floor.std:.2f} over {floor.n} dense seeds) " if floor.std is not None else "")
           + "is not a finding.",
-          "", "| model | params (non-zero) | FLOPs / dense | mIoU | Pixel Acc | Angle Mean | abs_err | Δ_T |",
-          "|---|---|---|---|---|---|---|---|"]
+          "", "| model | params (non-zero) | %R | FLOPs / dense | mIoU | Pixel Acc | Angle Mean | abs_err | Δ_T |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for method in ns.methods:
         for ratio in ns.ratios:
             it = results.get(f"{method}_r{ratio}_iterative")

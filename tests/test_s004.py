@@ -43,6 +43,7 @@ def test_report_takes_the_learning_rate_with_the_best_validation_score(tmp_path)
     assert "taylor 50% iterative" in text
     retrained = next(line for line in text.splitlines() if "re-trained" in line)
     assert "lr 0.0005 of 2" in retrained and "| 50.00 |" in retrained  # chosen on validation, never on test
+    assert "| 1k | 50.0 | 0.500 |" in retrained  # non-zero params, S004's %_R (parameters removed), FLOPs ratio
     search = text.split("## The learning-rate search")[1].splitlines()
     assert [line.split(" | ")[1] for line in search if line.startswith("| taylor 50%")] == ["0.001", "0.0005"]
     assert any("| 0.4500 |" in line for line in search)
