@@ -70,8 +70,13 @@ def leave_one_out(tables: Sequence[Table]) -> list[dict]:
     """Δ_T of each table against the mean of the others (needs at least two; undefined ones left out)."""
     if len(tables) < 2:
         return []
-    loo = [delta(t, mean_table([o for j, o in enumerate(tables) if j != i])) for i, t in enumerate(tables)]
+    loo = [delta(t, ref) for t, ref in zip(tables, _others_means(tables), strict=True)]
     return [d for d in loo if d is not None]
+
+
+def _others_means(tables: Sequence[Table]) -> list[dict[str, dict[str, float]]]:
+    """For each table, the mean of all the others: its leave-one-out reference."""
+    return [mean_table([o for j, o in enumerate(tables) if j != i]) for i in range(len(tables))]
 
 
 @dataclass(frozen=True)
@@ -103,16 +108,11 @@ def metric_noise(tables: Sequence[Table]) -> dict[str, dict[str, float | None]]:
     if len(tables) < 2:
         return {}
     dirs = directions_for(tables[0])
-    out: dict[str, dict[str, float | None]] = {}
-    for task, values in tables[0].items():
-        for m in values:
-            terms = []
-            for i, t in enumerate(tables):
-                ref = statistics.fmean(o[task][m] for j, o in enumerate(tables) if j != i)
-                if ref != 0:
-                    terms.append(dirs[task][m] * (t[task][m] - ref) / ref * 100.0)
-            out.setdefault(task, {})[m] = _std(terms)
-    return out
+    refs = _others_means(tables)
+    return {task: {m: _std([dirs[task][m] * (t[task][m] - ref[task][m]) / ref[task][m] * 100.0
+                            for t, ref in zip(tables, refs, strict=True) if ref[task][m] != 0])
+                   for m in values}
+            for task, values in tables[0].items()}
 
 
 def _std(values: Sequence[float]) -> float | None:

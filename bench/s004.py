@@ -39,6 +39,7 @@ from main.errors import UserError, cli_main
 from main.models import model_for
 
 SELECT = "metric:segment_semantic/Pixel Acc"  # S004 (c): checkpoints chosen by Pixel Acc
+SELECTED = SELECT.rsplit("/", 1)[1]  # the metric's name, for the report
 PRUNING_STEPS = 4  # the ratio is reached in this many pruning steps, by half of the fine-tuning
 COLUMNS = (("segment_semantic", "mIoU", 100.0), ("segment_semantic", "Pixel Acc", 100.0),
            ("normal", "Angle Mean", 1.0), ("depth_zbuffer", "abs_err", 1.0))
@@ -195,9 +196,10 @@ def search_table(ns: argparse.Namespace, results: dict[str, dict], reference: di
     if not rows:
         return []
     return ["", "## The learning-rate search, every re-training", "",
-            "Validation Pixel Acc of the checkpoint the rule chose (the highest per model sets its lr above), the "
+            f"Validation {SELECTED} of the checkpoint the rule chose (the highest per model sets its lr above), the "
             "iteration of that checkpoint, and its test Δ_T.", "",
-            "| model | lr | val Pixel Acc | best iter | Δ_T seg / normal / depth | Δ_T |", "|---|---|---|---|---|---|",
+            f"| model | lr | val {SELECTED} | best iter | Δ_T seg / normal / depth | Δ_T |",
+            "|---|---|---|---|---|---|",
             *rows]
 
 
