@@ -15,7 +15,7 @@ from . import (
     disparse,  # disparse_dynamic
     imp,  # imp
     lth,  # lth
-    oneshot,  # magnitude, disparse_pt
+    oneshot,  # magnitude, uniform, disparse_pt
     structured_train,  # taylor, cosprune
 )
 from .registry import Method, choose

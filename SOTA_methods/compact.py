@@ -30,6 +30,7 @@ from main.channel_masks import ChannelMasks, FilterUnit
 from main.checkpoint import CHECKPOINT_VERSION, CheckpointError, atomic_save, load_checkpoint
 from main.masks import MaskSet
 from main.models import HEADS, MultiTaskModel, build_model
+from main.models.heads import ASPP_RATES
 from main.sparse import SoftThresholdConv2d
 
 # ------------------------------------------------------------------------------------------------ counting
@@ -153,12 +154,14 @@ def cost(model: MultiTaskModel, channels: ChannelMasks, input_shape: Sequence[in
 
 
 def compact_state(small: MultiTaskModel, channels: ChannelMasks, architecture: str, width_mult: float,
-                  head_dropout: float, task_channels: Mapping[str, int], extra: Mapping | None = None) -> dict:
+                  head_dropout: float, task_channels: Mapping[str, int], extra: Mapping | None = None,
+                  aspp_rates: Sequence[int] = ASPP_RATES) -> dict:
     """Everything needed to rebuild ``small`` (see ``rebuild_compact``), as plain types and tensors."""
     return {
         "state_dict": {k: v.detach().cpu() for k, v in small.state_dict().items()},
         "compact": {
             "architecture": architecture, "width_mult": float(width_mult), "head_dropout": float(head_dropout),
+            "aspp_rates": [int(r) for r in aspp_rates],
             "task_channels": {t: int(c) for t, c in task_channels.items()},
             "channels": {n: int(k.sum()) for n, k in channels.keep.items()},
             "kept_indices": {n: k.nonzero().flatten().tolist() for n, k in channels.keep.items()},
@@ -172,7 +175,7 @@ def rebuild_compact(state: Mapping) -> MultiTaskModel:
     """The compact model of a ``compact_state`` dict (e.g. ``torch.load(SMALL.pt, weights_only=True)``)."""
     spec = state["compact"]
     full = build_model(spec["architecture"], spec["task_channels"], spec["width_mult"], sparse=False,
-                       head_dropout=spec["head_dropout"])
+                       head_dropout=spec["head_dropout"], aspp_rates=spec.get("aspp_rates", ASPP_RATES))
     shapes = ChannelMasks(full, heads=any(n.startswith(f"{HEADS}.") for n in spec["channels"]))
     for name, k in spec["channels"].items():
         keep = torch.zeros(shapes.keep[name].numel(), dtype=torch.bool)
@@ -197,7 +200,8 @@ def load_pruned(path: str, device: torch.device | str = "cpu") -> tuple[dict, Mu
         raise CheckpointError(f"{path}: its state dict has no ASPP head classifier for every task") from None
     model = build_model(cfg["architecture"], task_channels, cfg["width_mult"], sparse=not cfg.get("dense", False),
                         head_dropout=cfg.get("head_dropout", 0.5),
-                        threshold_scope=cfg.get("threshold_scope", "component"))
+                        threshold_scope=cfg.get("threshold_scope", "component"),
+                        aspp_rates=cfg.get("aspp_rates", ASPP_RATES))
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:
@@ -236,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
              "params_before": before["params"], "flops_before": before["flops"], "input_shape": shape,
              "flops_unit": FLOPS_UNIT}
     atomic_save(compact_state(small, channels, cfg["architecture"], cfg["width_mult"], cfg.get("head_dropout", 0.5),
-                              task_channels_of(model), extra), Path(args.out))
+                              task_channels_of(model), extra, cfg.get("aspp_rates", ASPP_RATES)), Path(args.out))
     print(f"{args.path}: {channels.pruned()} of {channels.total()} backbone filters removed")
     fewer = 100 * (1 - after["params"] / before["params"])
     print(f"parameters: {before['params']:,} -> {after['params']:,} ({fewer:.2f}% fewer)")

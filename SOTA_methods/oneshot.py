@@ -1,12 +1,13 @@
 """One-shot unstructured criteria, and what ``pruning.py`` does with any method's one-shot step.
 
 Criteria (each a registry ``prune`` step: score once, select to the target, install the mask):
-``magnitude`` (global, or backbone / heads separately as the reference ``pruning_head.py``), ``random`` (uniform
-scores), ``snip`` (|w·g| of the total loss, global ranking), ``disparse_pt`` (DiSparse on a trained model: per-task
-scores over backbone + own head, OR on shared weights), ``disparse_static`` (DiSparse at initialisation: per-task
-SNIP scores, same arbiter).  ``magnitude`` and ``disparse_pt`` exist only as one-shot methods and are registered
-here; SNIP, DiSparse-static and random are at-init methods, registered by ``SOTA_methods.at_init``, which trains
-what their step pruned.  Under torchrun (``at_init``) the gradient scores are averaged over the ranks first.
+``magnitude`` (global, or backbone / heads separately as the reference ``pruning_head.py``), ``uniform`` (|w|,
+every component to the same sparsity), ``random`` (uniform scores), ``snip`` (|w·g| of the total loss, global
+ranking), ``disparse_pt`` (DiSparse on a trained model: per-task scores over backbone + own head, OR on shared
+weights), ``disparse_static`` (DiSparse at initialisation: per-task SNIP scores, same arbiter).  ``magnitude``,
+``uniform`` and ``disparse_pt`` exist only as one-shot methods and are registered here; SNIP, DiSparse-static and
+random are at-init methods, registered by ``SOTA_methods.at_init``, which trains what their step pruned.  Under
+torchrun (``at_init``) the gradient scores are averaged over the ranks first.
 
 ``prune_once`` is ``pruning.py``: load a checkpoint (or initialise a model), apply the ``--method``'s step, save the
 pruned checkpoint and ``masks.json``; no training (``finetune.py`` does that).
@@ -58,6 +59,13 @@ def w2_grad(weight: Tensor, grad: Tensor) -> Tensor:
 
 def magnitude_step(inp: PruneInputs) -> dict:
     install(inp.masks, magnitude_keep(inp.masks, inp.sparsity, backbone_sparsity=inp.options.get("backbone_sparsity")))
+    return {}
+
+
+def uniform_step(inp: PruneInputs) -> dict:
+    """Every component (backbone, each head) pruned by |w| to the same sparsity: the allocation AdapMTL's learned
+    per-component thresholds are meant to improve on."""
+    install(inp.masks, magnitude_keep(inp.masks, inp.sparsity, scope="component"))
     return {}
 
 
@@ -170,6 +178,9 @@ MAGNITUDE = register(Method(
     name="magnitude", kind="one-shot", label="Magnitude", run=prune_once, command=PRUNING_PY,
     about="|w|, one global ranking (or backbone and heads to their own sparsities)",
     add_args=add_magnitude_args, prune=magnitude_step))
+UNIFORM = register(Method(
+    name="uniform", kind="one-shot", label="Uniform", run=prune_once, command=PRUNING_PY,
+    about="|w|, every component (backbone, each head) pruned to the same sparsity", prune=uniform_step))
 DISPARSE_PT = register(Method(
     name="disparse_pt", kind="one-shot", label="DiSparse-PT", run=prune_once, command=PRUNING_PY,
     about="DiSparse on a trained model: per-task scores, a shared weight kept if any task keeps it",

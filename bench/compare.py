@@ -76,6 +76,7 @@ from bench.compare_protocol import (
     TUNING_SHORTFALL,
 )
 from bench.comparison_stats import delta, mean_table, metrics_of
+from bench.mechanism import trace
 from main.config import load_yaml
 from main.errors import UserError, cli_main
 
@@ -272,9 +273,10 @@ def _lth(c: _Ctx) -> list[list[str]]:
              "--iters", str(c.plan.T - c.plan.P)] + base[:i] + base[i + 2:]]
 
 
-def _structured(method: str) -> Callable[[_Ctx], list[list[str]]]:
+def _prune_then_finetune(method: str) -> Callable[[_Ctx], list[list[str]]]:
+    """One-shot and structured rows: ``pruning.py`` on the shared pre-training, then ``finetune.py`` for T - P."""
     def build(c: _Ctx) -> list[list[str]]:
-        pruned = c.save / "pruned"
+        pruned = c.save.with_name(f"{c.save.name}_pruned")  # beside the run: finetune --overwrite clears c.save
         return [["pruning.py", "--load_checkpoint", c.pretrained, "--method", method, "--prune_ratio", c.ratio,
                  *c.plan.arch_flags(c.arch), "--num_batches", "10", "--save_dir", str(pruned), "--progress", "off",
                  "--overwrite"] + list(c.plan.ns.extra),
@@ -288,7 +290,7 @@ _BUILDERS: dict[str, Callable[[_Ctx], list[list[str]]]] = {
     **{m: _adapmtl(m) for m, spec in METHODS.items() if spec.kind == "adapmtl"},
     **{m: _at_init(m) for m, spec in METHODS.items() if spec.kind == "at-init"},
     "disparse_dynamic": _disparse_dynamic, "imp": _imp, "lth": _lth,
-    **{m: _structured(m) for m, spec in METHODS.items() if spec.kind == "structured"},
+    **{m: _prune_then_finetune(m) for m, spec in METHODS.items() if spec.kind in ("one-shot", "structured")},
 }
 
 
@@ -457,6 +459,10 @@ class Grid:
                  "commands": [shlex.join(["python", *c]) for c in cell.commands]}
         if twin is not None:
             entry["reused"] = twin[0]
+        if METHODS[cell.method].kind == "adapmtl":  # is the mechanism acting? (bench.mechanism)
+            found = trace(cell.checkpoint.parent)
+            entry["mechanism"] = found if found is not None else self.book.get(twin[0] if twin else "", {}).get(
+                "mechanism")
         self.record(cell.key, entry)
         self.say(f"[compare] {cell.key} done in {spent.wall / 60:.1f} min ({spent.cpu / 60:.1f} CPU min)")
 

@@ -34,8 +34,9 @@ class Method:
     """One row of the comparison.
 
     ``kind``: dense | adapmtl (trains thresholds from scratch or from ``reload``) | a pruning baseline's kind in
-    the method registry (``SOTA_methods.registry.KINDS``): at-init | during-training | iterative (here: from the
-    shared dense pre-training) | structured (filters, from it too).
+    the method registry (``SOTA_methods.registry.KINDS``): one-shot (here: the shared dense pre-training pruned
+    once, then fine-tuned) | at-init | during-training | iterative (from the pre-training too) | structured
+    (filters, from it too).
     ``ablation``: run at one seed only, as evidence for the AdapMTL rows, not ranked.
     """
 
@@ -46,7 +47,7 @@ class Method:
 
     @property
     def needs_pretrain(self) -> bool:
-        return self.kind in ("iterative", "structured") or self.name == "adapmtl_dense_start"
+        return self.kind in ("one-shot", "iterative", "structured") or self.name == "adapmtl_dense_start"
 
 
 def baseline(name: str) -> Method:
@@ -61,14 +62,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("adapmtl_budget", "AdapMTL (budget control)", "adapmtl"),
     Method("adapmtl_dense_start", "AdapMTL from dense (budget control)", "adapmtl"),
     Method("adapmtl_budget_track", "AdapMTL (budget control, track mode)", "adapmtl"),
-    *map(baseline, ("snip", "disparse_static", "disparse_dynamic", "imp", "lth", "taylor", "cosprune")),
+    *map(baseline, ("uniform", "magnitude", "snip", "disparse_static", "disparse_dynamic", "imp", "lth", "taylor",
+                    "cosprune")),
     Method("adapmtl_equal_weights", "AdapMTL w/o adaptive weighting", "adapmtl", ablation=True),
     Method("adapmtl_global_threshold", "AdapMTL, one global threshold", "adapmtl", ablation=True),
 )}
-# The ranked rows of the default grid, on every architecture (the paper's Table 2 rows, plus our budget control
-# and the dense-start variant of AdapMTL that the reference README calls "Option 2").
-DEFAULT_METHODS = ("dense", "adapmtl", "adapmtl_budget", "adapmtl_dense_start", "snip", "disparse_static",
-                   "disparse_dynamic", "imp", "lth")
+# The ranked rows of the default grid: the paper's Table 2 rows (DiSparse as its static form, at the cost of one
+# run), AdapMTL with budget control (the row at exactly the target) and uniform pruning (every component at the
+# target: the allocation AdapMTL's thresholds must beat).  DiSparse-dynamic and AdapMTL from the dense pre-training
+# (the reference README's "Option 2") stay available through --methods.
+DEFAULT_METHODS = ("dense", "adapmtl", "adapmtl_budget", "uniform", "snip", "disparse_static", "imp", "lth")
 DEFAULT_ABLATIONS = ("adapmtl_equal_weights", "adapmtl_global_threshold")
 # MobileNetV2 runs the paper's Table 2 rows (AdapMTL with the reference's stop rule) and AdapMTL with budget control:
 # the stop rule's 90 % setting (tuned on ResNet34) overshoots to about 95 % on MobileNetV2, so only the
@@ -79,11 +82,11 @@ MOBILENETV2_METHODS = ("dense", "adapmtl", "adapmtl_budget", "snip", "disparse_s
 ADAPMTL_ROWS = ("adapmtl", "adapmtl_budget")
 
 # Stop rule (the reference's control): sInit / coupled weight decay per target.  The reference controls sparsity
-# this way (reference-adapmtl.md §3.4).  Under this protocol (annealed lr, 1,200 iterations) the first protocol's
-# 90 % setting (wd 5e-3) ended at 87.3 % (lr 1e-3) and 75.9 % (lr 5e-4) in the grid's tuning runs: the weight decay
-# shrinks weights in proportion to lr x wd, and the lr now falls early.  So every weight decay is doubled; only 90 %
-# runs by default, the other targets follow the same monotone relation and were not swept.
-REFERENCE_CONTROL = {50: (-6.0, 1e-3), 70: (-6.0, 3e-3), 90: (-6.0, 1e-2), 95: (-6.0, 1.6e-2)}
+# this way (docs/reference.md).  90 %: re-chosen for the third protocol by its sparsity alone, never by accuracy:
+# of the weight decays 4e-3 / 6e-3 / 8e-3 / 1e-2, the one whose seed-0 run (lr 1e-3, 1,200 iterations) ends closest
+# to the target at or above it (86.2 / 90.5 / 92.7 / 94.3 %).  The other targets keep the second protocol's values
+# (chosen the same way, before the thresholds had their own travel) and have not been re-checked.
+REFERENCE_CONTROL = {50: (-6.0, 1e-3), 70: (-6.0, 3e-3), 90: (-6.0, 6e-3), 95: (-6.0, 1.6e-2)}
 BUDGET_CONTROL = (-6.0, 4e-3)  # one setting for every target: the preset
 TUNING_SHORTFALL = 0.01  # a tuning run counts as at its target when its overall sparsity is at most 1 pp below
 

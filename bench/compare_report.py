@@ -38,6 +38,7 @@ from bench.comparison_stats import (
     paired,
     t_interval,
 )
+from bench.mechanism import mechanism_section
 from main.models import BACKBONE
 from main.task_registry import task_spec
 
@@ -311,7 +312,7 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
           f"**mean of the dense seeds** of its architecture; the ranking uses the **{definition}** metric "
           "definitions, the parity (reference) Δ_T is shown beside it.",
           f"- Budget: {ns.iters} training iterations per method in total (pre-training {ns.iters // 2} + the rest for "
-          "IMP, LTH, AdapMTL from dense).",
+          "uniform, IMP, LTH, AdapMTL from dense).",
           "- Stop rule sInit / weight decay per target: "
           + ", ".join(f"{t}%: {s:g} / {w:g}" for t, (s, w) in REFERENCE_CONTROL.items())
           + f". Budget control: sInit {BUDGET_CONTROL[0]:g} / wd {BUDGET_CONTROL[1]:g} for every target.",
@@ -340,6 +341,7 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
     if "mobilenetv2" in ns.architectures:
         md += paper_section(groups, ns.seed_sparsity, definition)
     md += allocation_section(groups, plan)
+    md += mechanism_section(mechanism_traces(plan))
     md += _ablations(groups, ns, definition) + _structured(groups, ns, definition)
     md += cost_section(plan, groups, definition)
     md += _plots(plan, runs, groups)
@@ -347,6 +349,22 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
     plan.report.parent.mkdir(parents=True, exist_ok=True)
     plan.report.write_text("\n".join(md) + "\n")
     return plan.report
+
+
+def mechanism_traces(plan: Any) -> dict[str, list[dict]]:
+    """"<row>, <architecture>" -> the mechanism trace of each of its test cells (``cells.json``), AdapMTL rows only."""
+    book = read_book(plan.root)
+    out: dict[str, list[dict]] = {}
+    for arch in plan.ns.architectures:
+        for m in plan.methods(arch):
+            if METHODS[m].kind != "adapmtl":
+                continue
+            prefix = f"{arch}/{m}_sp{plan.ns.seed_sparsity}_seed"
+            traces = [e["mechanism"] for k, e in sorted(book.items()) if k.startswith(prefix)
+                      and e.get("split") == "test" and e.get("mechanism")]
+            if traces:
+                out[f"{METHODS[m].label}, {arch}"] = traces
+    return out
 
 
 def _ablations(groups: Mapping, ns: Any, definition: str) -> list[str]:

@@ -59,6 +59,9 @@ class Config:
     architecture: str = _f("resnet34", "model", "resnet34 | mobilenetv2")
     width_mult: float = _f(0.125, "model", "channel multiplier for backbone and heads (1.0 = paper shapes)")
     head_dropout: float = _f(0.5, "model", "dropout inside the ASPP heads")
+    aspp_rates: list[int] = _f([6, 12, 18, 24], "model", "dilation rates of the ASPP branches (reference 6 12 18 "
+                               "24, for 41x41 feature maps; rates past the map make taps that only read padding)",
+                               nargs="+")
     # -- sparsity
     dense: bool = _f(False, "sparsity", "train without soft thresholds (the dense baseline)")
     sInit_value: float = _f(-6.0, "sparsity", "initial threshold parameter s for every component")
@@ -79,6 +82,9 @@ class Config:
                                 "weight decay's shrinking weights leave; 0 = proportional only)")
     threshold_scope: str = _f("component", "sparsity", "component (AdapMTL: one threshold per backbone / head) | "
                               "global (ablation: one threshold shared by every component)")
+    threshold_travel: float | None = _f(None, "sparsity", "give the thresholds their own Adam group whose lr is "
+                                        "scaled so that its sum over the schedule is this (e.g. 7.75, the reference "
+                                        "NYUv2 schedule's); unset: the reference's single group")
     # -- optimisation
     iters: int = _f(1500, "optimisation", "training iterations")
     lr: float = _f(1e-3, "optimisation", "Adam learning rate")
@@ -168,6 +174,11 @@ class Config:
         for name in POSITIVE_NUMBERS:
             if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name} must be a positive number, got {getattr(self, name)}")
+        if not self.aspp_rates or min(self.aspp_rates) < 1:
+            raise ConfigError(f"--aspp_rates needs one or more dilation rates >= 1, got {self.aspp_rates}")
+        if self.threshold_travel is not None and self.threshold_travel <= 0:
+            raise ConfigError(f"--threshold_travel must be a positive sum of learning rates, got "
+                              f"{self.threshold_travel}")
         if self.adaptive_total is not None and self.adaptive_total <= 0:
             raise ConfigError(f"--adaptive_total must be positive, got {self.adaptive_total}")
 

@@ -33,6 +33,7 @@ from .distributed import DistInfo, all_reduce_mean
 from .masks import MaskSet
 from .models import MultiTaskModel
 from .monitor import ScalarWriter, get_logger, want_progress
+from .optimizer import build_optimizer, build_scheduler
 from .precision import amp_warning, autocast, grad_scaler, predictions_fp32, to_channels_last
 from .preemption import Preemption
 from .sparse import SparsityCounter, SparsityReport
@@ -66,10 +67,9 @@ class Trainer:
 
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.class_weights = info.class_weights.to(device) if info.class_weights is not None else None
-        params = [p for p in self.model.parameters() if p.requires_grad]
         # Reference: one Adam group, coupled L2 on everything (weights, BN, biases and thresholds).
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.decay_lr_freq, cfg.decay_lr_rate)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
         # --amp fp16 only: loss scaling (fp16 gradients underflow).  A step whose scaled gradients overflow is
         # skipped by the scaler itself (and the scale lowered); that is not a "bad step" of --max_bad_steps.
         self.scaler = grad_scaler(cfg.amp, device)

@@ -92,8 +92,10 @@ class TrainingLog:
         scalars.update(trainer.control.scalars(trainer.iteration, steps))
         taus = {c: float(t.detach()) for c, t in trainer.model.taus().items()}
         scalars["LR/sparseThreshold"] = float(trainer.model.threshold_param("backbone").detach())
+        start = trainer.cfg.sInit_value  # every run's thresholds start there (--reload resets them to it)
         for comp, tau in taus.items():
             scalars[f"threshold/{comp}"] = tau
+            scalars[f"threshold_travel/{comp}"] = abs(float(trainer.model.threshold_param(comp).detach()) - start)
         for name, sp in report.layer_sparsity().items():
             comp, layer = name.split(".", 1)
             tag = f"{component_tag(comp)}_{layer}"
