@@ -15,6 +15,7 @@ pruned checkpoint and ``masks.json``; no training (``finetune.py`` does that).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -43,6 +44,7 @@ from .engine import (
     random_scores,
     select_disparse,
     select_global,
+    select_per_component,
     task_gradients,
 )
 from .registry import PRUNING_PY, Method, OptionGroup, PruneInputs, choose, methods, register
@@ -58,8 +60,22 @@ def w2_grad(weight: Tensor, grad: Tensor) -> Tensor:
 
 
 def magnitude_step(inp: PruneInputs) -> dict:
+    allocation = inp.options.get("component_sparsity")
+    if allocation:
+        install(inp.masks, select_per_component(magnitude_scores(inp.masks), inp.masks,
+                                                 _allocation(allocation, inp.masks)))
+        return {"component_sparsity": dict(allocation)}
     install(inp.masks, magnitude_keep(inp.masks, inp.sparsity, backbone_sparsity=inp.options.get("backbone_sparsity")))
     return {}
+
+
+def _allocation(allocation: dict[str, float], masks: MaskSet) -> dict[str, float]:
+    """``--component_sparsity`` checked against the model's components: every one named, no other."""
+    comps = list(masks.components())
+    if set(allocation) != set(comps):
+        raise ConfigError(f"--component_sparsity must name every component once ({' '.join(comps)}), got "
+                          f"{' '.join(allocation)}")
+    return allocation
 
 
 def uniform_step(inp: PruneInputs) -> dict:
@@ -160,6 +176,28 @@ def save_pruned(cfg: Config, model: MultiTaskModel, masks: MaskSet, opts: dict, 
 def add_magnitude_args(group: OptionGroup) -> None:
     group.add_argument("--backbone_sparsity", type=_backbone_fraction,
                        help="backbone pruned to this, the heads jointly to --target (reference pruning_head.py)")
+    group.add_argument("--component_sparsity", type=_component_fraction, nargs="+", action=_PairsToDict,
+                       metavar="COMPONENT=FRACTION",
+                       help="each component ranked alone to its own sparsity, e.g. backbone=0.8 normal=0.95 ... "
+                            "(every component named; --target is then only the check that nothing is un-pruned)")
+
+
+class _PairsToDict(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, dict(values))
+
+
+def _component_fraction(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--component_sparsity takes COMPONENT=FRACTION pairs, e.g. backbone=0.8, got {text!r}")
+    try:
+        fraction = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}={value!r}: not a number") from None
+    if not 0.0 <= fraction < 1.0:
+        raise argparse.ArgumentTypeError(f"--component_sparsity {name}: a fraction in [0, 1), got {fraction}")
+    return name, fraction
 
 
 def _backbone_fraction(text: str) -> float:

@@ -74,6 +74,7 @@ from bench.compare_protocol import (
     QUICK_FLAGS,
     REFERENCE_CONTROL,
     TUNING_SHORTFALL,
+    WINDOW_SWEEP,
 )
 from bench.comparison_stats import delta, mean_table, metrics_of
 from bench.mechanism import trace
@@ -231,6 +232,7 @@ _ADAPMTL_EXTRA = {
     "adapmtl_budget_track": ["--budget_mode", "track", "--budget_ramp", "0.5"],  # the first controller design
     "adapmtl_equal_weights": ["--task_weighting", "equal"],
     "adapmtl_global_threshold": ["--threshold_scope", "global"],
+    **{f"adapmtl_window{w}": ["--adaptive_window", str(w)] for w in WINDOW_SWEEP},
 }
 
 

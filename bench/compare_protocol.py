@@ -29,6 +29,11 @@ ARCH_FLAGS: dict[str, tuple[str, ...]] = {"mobilenetv2": ("--crop_size", "144")}
 LR_STEPS = 4
 
 
+# The sliding-window sweep (the seed's third experiment): AdapMTL with budget control at other --adaptive_window
+# lengths than the preset's 30, run like the ablations (``--methods ... adapmtl_window10``) and paired with it.
+WINDOW_SWEEP = (10, 100, 300)
+
+
 @dataclass(frozen=True)
 class Method:
     """One row of the comparison.
@@ -66,6 +71,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                     "cosprune")),
     Method("adapmtl_equal_weights", "AdapMTL w/o adaptive weighting", "adapmtl", ablation=True),
     Method("adapmtl_global_threshold", "AdapMTL, one global threshold", "adapmtl", ablation=True),
+    *(Method(f"adapmtl_window{w}", f"AdapMTL, window {w}", "adapmtl", ablation=True) for w in WINDOW_SWEEP),
 )}
 # The ranked rows of the default grid: the paper's Table 2 rows (DiSparse as its static form, at the cost of one
 # run), AdapMTL with budget control (the row at exactly the target) and uniform pruning (every component at the
