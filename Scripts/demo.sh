@@ -5,6 +5,8 @@
 #
 # usage: Scripts/demo.sh [OUT_DIR]          (default OUT_DIR: outputs/demo; PYTHON=... to pick the interpreter)
 set -euo pipefail
+source "$(dirname "$0")/usage.sh"
+case "${1:-}" in -*) echo "error: unknown option $1 (the only argument is OUT_DIR; see Scripts/demo.sh --help)" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 OUT=${1:-outputs/demo}

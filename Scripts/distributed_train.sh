@@ -9,7 +9,7 @@
 #     Scripts/distributed_train.sh 8 --config ...
 # Environment: TORCHRUN (default: python -m torch.distributed.run), SCRIPT (default baseline.py; finetune.py too).
 set -euo pipefail
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+source "$(dirname "$0")/usage.sh"
 [ $# -ge 1 ] || usage
 NPROC=$1; shift
 [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || { echo "error: NPROC must be a positive integer, got '$NPROC'" >&2; exit 2; }

@@ -8,7 +8,7 @@
 #   RATIO      target overall sparsity (default 0.9)
 # Environment: PYTHON (default python), SKIP_DENSE=1 to train AdapMTL only.
 set -euo pipefail
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+source "$(dirname "$0")/usage.sh"
 [ $# -ge 3 ] || usage
 PRESET=$1; DATA_ROOT=$2; OUT=$3; RATIO=${4:-0.9}
 shift $(( $# >= 4 ? 4 : 3 ))

@@ -6,7 +6,7 @@
 #   OUT_DIR     fine-tuned runs go to OUT_DIR/<sub-folder>/  (then: Scripts/run_test.sh OUT_DIR ...)
 # Environment: PYTHON (default python).
 set -euo pipefail
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+source "$(dirname "$0")/usage.sh"
 [ $# -ge 2 ] || usage
 IN=$1; OUT=$2; shift 2
 [ -d "$IN" ] || { echo "error: $IN is not a folder" >&2; exit 2; }

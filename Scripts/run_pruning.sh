@@ -9,7 +9,7 @@
 # e.g. the reference head-sensitivity sweep: Scripts/run_pruning.sh dense.model out magnitude "0.9 0.95" --backbone_sparsity 0.6
 # Environment: PYTHON (default python).
 set -euo pipefail
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+source "$(dirname "$0")/usage.sh"
 [ $# -ge 2 ] || usage
 CKPT=$1; OUT=$2; METHOD=${3:-magnitude}; RATIOS=${4:-"0.9 0.93 0.95 0.97 0.99"}
 shift $(( $# >= 4 ? 4 : $# ))

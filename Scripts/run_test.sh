@@ -7,7 +7,7 @@
 # Uses best_<tasks>.model when a run has one, else <tasks>.model. Writes RUNS_DIR/<run>.json and prints a table.
 # Environment: PYTHON (default python).
 set -euo pipefail
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+source "$(dirname "$0")/usage.sh"
 [ $# -ge 1 ] || usage
 RUNS=$1; DENSE=${2:-dense}
 shift $(( $# >= 2 ? 2 : 1 ))

@@ -29,6 +29,7 @@ from .compact_arch import apply_compact_spec
 from .config import Config, ConfigError
 from .data import dataset_info
 from .errors import UserError
+from .masks import check_masks
 from .models import MultiTaskModel, model_for
 
 CHECKPOINT_VERSION = 1
@@ -61,6 +62,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} is truncated, corrupt or unreadable; use another file") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no 'state_dict' entry)")
+    if not isinstance(state["state_dict"], Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["state_dict"].items()):
+        raise CheckpointError(f"{path}: its 'state_dict' is not a mapping of parameter names to tensors; it was not "
+                              "written by this code")
+    version = state.get("version", CHECKPOINT_VERSION)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {version!r}, newer than this code reads (format "
+                              f"{CHECKPOINT_VERSION} and older); update the code to the version that wrote it")
+    if state.get("masks") is not None:  # every reader refuses masks that do not fit or contradict the weights
+        check_masks(state["masks"], state["state_dict"], str(path))
     bad = next((k for k, v in state["state_dict"].items() if isinstance(v, torch.Tensor) and v.is_floating_point()
                 and not bool(torch.isfinite(v).all())), None)
     if bad is not None:  # training never writes one (NaN steps are skipped); a damaged or foreign file
@@ -116,6 +127,23 @@ def config_of(state: dict, source: str, use: str = "use a checkpoint written by 
     return Config.from_dict(state["config"], source=source)
 
 
+def state_dict_mismatch(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The first difference between ``state_dict`` and ``model``'s, naming the key; None when they fit."""
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state_dict]
+    extra = [k for k in state_dict if k not in ours]
+    shaped = [k for k in ours if k in state_dict and tuple(ours[k].shape) != tuple(state_dict[k].shape)]
+    if shaped:
+        k = shaped[0]
+        return (f"{k} has shape {tuple(state_dict[k].shape)} in the checkpoint, {tuple(ours[k].shape)} in the "
+                f"model; {len(shaped)} tensor(s) differ in shape")
+    if missing:
+        return f"the checkpoint lacks {missing[0]} ({len(missing)} tensor(s) missing)"
+    if extra:
+        return f"the checkpoint has {extra[0]}, which the model has not ({len(extra)} unexpected tensor(s))"
+    return None
+
+
 def load_weights(model: MultiTaskModel, state: dict, source: str, cfg: Config) -> None:
     """Load ``state``'s weights into ``model`` (built from ``cfg``), or a ``CheckpointError`` naming the difference
     (architecture, tasks, dataset / width) and the flag that fixes it."""
@@ -129,6 +157,12 @@ def load_weights(model: MultiTaskModel, state: dict, source: str, cfg: Config) -
         raise CheckpointError(f"{source} was trained on tasks {' '.join(tasks)} but this run has "
                               f"{' '.join(cfg.tasks)}; pass --tasks {' '.join(tasks)} or use a checkpoint of "
                               "these tasks")
+    problem = state_dict_mismatch(model, state["state_dict"])
+    if problem is not None:
+        raise CheckpointError(f"{source} does not fit this model ({problem}; it has dataset "
+                              f"{theirs.get('dataset')!r}, width_mult {theirs.get('width_mult')}; this run "
+                              f"{cfg.dataset!r}, {cfg.width_mult}); pass the checkpoint's --dataset / --width_mult "
+                              "or use a matching checkpoint")
     try:
         model.load_state_dict(state["state_dict"])
     except (RuntimeError, TypeError, ValueError) as e:
@@ -171,6 +205,9 @@ def model_from_checkpoint(state: dict, source: str, device: torch.device,
     except ConfigError as e:
         raise CheckpointError(f"{source}: its stored config is not usable here ({e})") from None
     model = architecture_of(cfg, state.get("compact"), source)
+    problem = state_dict_mismatch(model, state["state_dict"])
+    if problem is not None:
+        raise CheckpointError(f"{source}: weights do not fit the model its config describes ({problem})")
     try:
         model.load_state_dict(state["state_dict"])
     except (RuntimeError, TypeError, ValueError) as e:

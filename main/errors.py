@@ -8,6 +8,7 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -53,7 +54,26 @@ def cli_main(main: Callable[[list[str] | None], int | None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(code or 0)
+
+
+# OS errors a user causes and fixes (a path too long, no permission, a full or read-only disk): one line, exit 2
+USER_OS_ERRORS = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+
+
+def os_error_line(e: OSError) -> str:
+    """``<path>: <reason>`` with a long path shortened (a 5,000-character path would fill the terminal)."""
+    name = str(e.filename) if e.filename is not None else "a file"
+    if len(name) > 120:
+        name = f"{name[:60]}...{name[-40:]} ({len(name)} characters)"
+    hint = {errno.ENAMETOOLONG: "; use shorter file and folder names",
+            errno.ENOSPC: "; free some disk space", errno.EDQUOT: "; free some disk space"}.get(e.errno, "")
+    return f"{name}: {e.strerror}{hint}"
 
 
 class ArgumentParser(argparse.ArgumentParser):

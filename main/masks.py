@@ -14,7 +14,36 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .errors import UserError
+from .models.mtl import HEADS
 from .sparse import sparse_convs
+
+
+class MaskError(UserError, ValueError):
+    """A checkpoint's masks do not fit its model or contradict its weights."""
+
+
+def check_masks(masks: object, state_dict: dict[str, Tensor], source: str) -> None:
+    """Refuse masks that do not fit ``state_dict`` (a name without a weight, another shape) or that contradict it
+    (a pruned position whose weight is not zero: every writer zeroes pruned weights), before any work is done."""
+    if not isinstance(masks, dict) or not all(isinstance(m, Tensor) for m in masks.values()):
+        raise MaskError(f"{source}: its masks are not a mapping of layer names to tensors")
+    layers = {k[:-len(".weight")].removeprefix(f"{HEADS}.") for k, v in state_dict.items()
+              if k.endswith(".weight") and v.dim() == 4}  # every conv of the model is prunable
+    missing = sorted(layers - set(masks))
+    if missing:
+        raise MaskError(f"{source}: its masks lack {missing[0]} ({len(missing)} of {len(layers)} layers unmasked)")
+    for name, mask in masks.items():  # mask names are "<component>.<layer>"; heads live under "heads."
+        weight = state_dict.get(f"{name}.weight", state_dict.get(f"{HEADS}.{name}.weight"))
+        if weight is None:
+            raise MaskError(f"{source}: it has a mask for {name!r}, a layer its weights do not have")
+        if tuple(mask.shape) != tuple(weight.shape):
+            raise MaskError(f"{source}: the mask of {name} has shape {tuple(mask.shape)}, its weight "
+                            f"{tuple(weight.shape)}")
+        wrong = int((weight[~mask.bool()] != 0).sum())
+        if wrong:
+            raise MaskError(f"{source}: the mask of {name} prunes {wrong} weight(s) that are not zero; the masks "
+                            "contradict the weights (use the checkpoint as pruning.py or finetune.py wrote it)")
 
 
 @dataclass
@@ -85,14 +114,18 @@ class MaskSet:
         return {name: m.detach().cpu().clone() for name, m in self.masks.items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        missing = set(self.masks) - set(state)
-        unknown = set(state) - set(self.masks)
+        if not isinstance(state, dict) or not all(isinstance(m, Tensor) for m in state.values()):
+            raise MaskError("the checkpoint's masks are not a mapping of layer names to tensors; use the pruned "
+                            "checkpoint as pruning.py or finetune.py wrote it")
+        missing = sorted(set(self.masks) - set(state))
+        unknown = sorted(map(str, set(state) - set(self.masks)))
         if missing or unknown:
-            raise ValueError(f"mask names do not match the model (missing {sorted(missing)[:3]}, "
-                             f"unknown {sorted(unknown)[:3]})")
+            raise MaskError(f"the checkpoint's masks do not match the model's layers (missing {missing[:3]}, "
+                            f"unknown {unknown[:3]}); use the pruned checkpoint as pruning.py or finetune.py wrote it")
         for name, m in state.items():
             if m.shape != self.masks[name].shape:
-                raise ValueError(f"mask {name} has shape {tuple(m.shape)}, weight {tuple(self.masks[name].shape)}")
+                raise MaskError(f"the checkpoint's mask {name} has shape {tuple(m.shape)}, its weight "
+                                f"{tuple(self.masks[name].shape)}; use the pruned checkpoint as pruning.py wrote it")
             self.masks[name] = m.to(device=self.masks[name].device, dtype=torch.bool)
 
     def to(self, device: torch.device) -> MaskSet:

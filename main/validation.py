@@ -8,11 +8,13 @@ the selection value improves.  A sparse model can only be "best" once its sparsi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .checkpoint_saver import TrainingDiverged
 from .config import Config, ConfigError
-from .distributed import barrier
+from .distributed import gather_objects
 from .evaluate import evaluate
 from .monitor import progress
 from .scores import NYUV2_REFERENCE_SCORES, selection_score
@@ -48,6 +50,21 @@ def selection_rule(cfg: Config, tasks: tuple[str, ...], directions: Directions) 
     return lambda result: -sum(result["losses"].values()) / len(result["losses"])
 
 
+def diverged(result: dict, trainer: Trainer) -> str | None:
+    """Why a validation result means the run diverged (a non-finite loss or metric), or None.
+
+    A training loss can stay finite while the model's outputs overflow on held-out data (``--lr 1e6``): the run
+    then stops with an error instead of ending "done" with NaN metrics.
+    """
+    bad = [t for t, v in result["losses"].items() if not math.isfinite(v)]
+    bad += [f"{t}/{m}" for t, ms in result["metrics"].items() for m, v in ms.items() if not math.isfinite(v)]
+    if not bad:
+        return None
+    return (f"validation at iteration {trainer.iteration} is not finite ({', '.join(bad[:4])}): the training "
+            f"diverged; the checkpoints in {trainer.save_dir} are those written before it; start again with a lower "
+            "--lr (or --reload one of them)")
+
+
 class Validation:
     """Training callback: validate every ``--val_iters`` iterations and at the end; keep the best checkpoint."""
 
@@ -56,9 +73,12 @@ class Validation:
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         if trainer.iteration % trainer.cfg.val_iters == 0 or trainer.iteration == trainer.cfg.iters:
+            problem = None
             if trainer.is_main:  # parameters are identical on every rank: one evaluation suffices
-                self.validate(trainer)
-            barrier(trainer.dist)
+                problem = diverged(self.validate(trainer), trainer)
+            problem = gather_objects(problem, trainer.dist)[0]  # every rank stops together (also the barrier)
+            if problem is not None:  # before SaveLatest: the checkpoints on disk are those of earlier steps
+                raise TrainingDiverged(problem)
 
     def validate(self, trainer: Trainer) -> dict:
         cfg = trainer.cfg
@@ -71,7 +91,8 @@ class Validation:
         overall = trainer.sparsity_report().overall
         self._log(trainer, result, score, overall)
         control = trainer.control
-        eligible = step > cfg.best_after and (control is None or control.may_be_best(overall, step))
+        finite = diverged(result, trainer) is None
+        eligible = finite and step > cfg.best_after and (control is None or control.may_be_best(overall, step))
         if eligible and (trainer.best is None or score > trainer.best["score"]):
             trainer.best = {"score": score, "iter": step, "sparsity": overall, "select_by": cfg.select_by}
             if trainer.is_main:

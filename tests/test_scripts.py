@@ -29,6 +29,26 @@ def test_usage_or_missing_argument_fails_loudly(script):
     assert proc.returncode == 2 and "usage" in (proc.stdout + proc.stderr)
 
 
+PIPELINES = sorted(p.name for p in (ROOT / "Scripts").glob("*.sh") if p.name != "usage.sh")
+
+
+@pytest.mark.parametrize("script", PIPELINES)
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_every_script_answers_help_with_its_usage(script, flag, tmp_path):
+    before = set(ROOT.iterdir())
+    proc = subprocess.run(["bash", str(ROOT / "Scripts" / script), flag], cwd=tmp_path, capture_output=True,
+                          text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage" in proc.stdout.lower()
+    assert not list(tmp_path.iterdir()) and set(ROOT.iterdir()) == before  # nothing written
+
+
+def test_demo_refuses_an_option_instead_of_using_it_as_a_folder(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "Scripts" / "demo.sh"), "--quick"], cwd=tmp_path, capture_output=True,
+                          text=True, env=ENV, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and not (ROOT / "--quick").exists()
+
+
 def test_prune_finetune_and_collect_table(tmp_path, tiny_flags):
     runs = tmp_path / "runs"
     assert baseline.main(tiny_flags + ["--iters", "2", "--dense", "--save_dir", str(runs / "dense")]) == 0

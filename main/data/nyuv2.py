@@ -38,6 +38,7 @@ import torch
 from .real import (
     IGNORE,
     FileDataset,
+    check_ids,
     check_same_size,
     chw,
     crop_window,
@@ -64,9 +65,10 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_seg(path: Path) -> np.ndarray:
-    """(H, W) uint8 class ids (0-39, 255 = ignore)."""
-    seg = read_png(path, ("L",), "8-bit single-channel")
-    return seg.astype(np.uint8)
+    """(H, W) uint8 class ids (0-39, 255 = ignore); any other id is refused."""
+    seg = read_png(path, ("L",), "8-bit single-channel").astype(np.uint8)
+    check_ids(path, seg, NUM_CLASSES, IGNORE)
+    return seg
 
 
 def read_normal(path: Path) -> np.ndarray:

@@ -127,7 +127,21 @@ def read_npy(path: Path, what: str) -> np.ndarray:
     if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise DatasetError(f"{path}: expected a 2-D numeric {what} map, got shape {arr.shape} dtype {arr.dtype}; "
                            "restore the file (or pass --skip_bad_samples)")
-    return arr.astype(np.float32)
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():  # a NaN is neither valid (> 0) nor flagged invalid (0): masked out silently
+        raise DatasetError(f"{path}: {int((~np.isfinite(arr)).sum())} non-finite {what} values (NaN / Inf); mark "
+                           "invalid pixels with 0 instead (or pass --skip_bad_samples)")
+    return arr
+
+
+def check_ids(path: Path, ids: np.ndarray, num_classes: int, ignore: int) -> None:
+    """Class ids must be 0..num_classes-1 or ``ignore``: ids shifted by one (1..num_classes) would train every class
+    as its neighbour and the last one not at all."""
+    bad = ids[(ids >= num_classes) & (ids != ignore)]
+    if bad.size:
+        shifted = " (1-based ids? subtract 1: the reference's ids are 0-based)" if int(bad.max()) == num_classes else ""
+        raise DatasetError(f"{path}: segmentation id {int(bad.max())} outside 0..{num_classes - 1} ({ignore} = "
+                           f"ignore){shifted}; fix the labels (python -m main.data.check lists every file)")
 
 
 def check_same_size(path: Path, arr: np.ndarray, size: tuple[int, int]) -> None:
