@@ -21,7 +21,7 @@ before the first step, as the reference's ``iteration % INT == 0`` includes 0), 
 At t = END one final per-layer magnitude drop to exactly d_l·N_l (counts rounded so that their sum is exactly
 (1 − target)·N), then the mask stays fixed to ``--iters``: the final overall sparsity is exact.
 
-Differences from the reference code (see SOTA_methods/README.md and reference-baselines.md §8): gradients are
+Differences from the reference code (see SOTA_methods/README.md and docs/baselines.md): gradients are
 taken at the sparse point on the model itself (the reference took them on a dense copy holding stale pruned
 values), regrown weights restart at zero instead of their stale ``weight_orig`` value, exactly k weights are
 regrown per layer (the reference's ``score ≥ k-th value`` could regrow a whole layer when gradients were zero),

@@ -10,7 +10,7 @@ total (pre-training, pruning and fine-tuning counted together) and the protocol 
 
 - dense: ``baseline.py --dense`` for T.  The mean of the dense seeds is the Δ_T reference of every other run.
 - AdapMTL (stop rule, the reference control): ``baseline.py`` for T from scratch, sInit and weight decay per
-  target from ``REFERENCE_CONTROL`` (the reference controls sparsity this way; reference-adapmtl.md §3.4).
+  target from ``REFERENCE_CONTROL`` (the reference controls sparsity this way; docs/reference.md §3.4).
 - AdapMTL (budget control): the same with ``--sparsity_control budget`` and ONE sInit / weight decay for all targets.
 - AdapMTL from dense: ``--reload`` of the shared dense pre-training (P = T/2), then T - P with budget control (the
   stop rule tuned for a start from scratch need not reach the target in T - P): the reference README's "Option 2".

@@ -96,7 +96,7 @@ REFERENCE_CONTROL = {50: (-6.0, 1e-3), 70: (-6.0, 3e-3), 90: (-6.0, 6e-3), 95: (
 BUDGET_CONTROL = (-6.0, 4e-3)  # one setting for every target: the preset
 TUNING_SHORTFALL = 0.01  # a tuning run counts as at its target when its overall sparsity is at most 1 pp below
 
-# The AdapMTL paper's Table 2 (NYUv2, MobileNetV2, 90 % overall sparsity; reference-adapmtl.md "Table 2"):
+# The AdapMTL paper's Table 2 (NYUv2, MobileNetV2, 90 % overall sparsity; docs/reference.md §7):
 # mIoU, PixAcc, Δ_T1, Δ_T2, Δ_T3, component sparsities (backbone, seg, normal, depth), Δ_T.
 PAPER_TABLE2 = (
     ("Dense", 19.94, 48.71, 0.00, 0.00, 0.00, None, None, None, None, 0.00),

@@ -271,7 +271,7 @@ def seed_section(groups: Mapping, ns: Any, definition: str) -> list[str]:
 def paper_section(groups: Mapping, target: int, definition: str) -> list[str]:
     """The paper's Table 2 (NYUv2, MobileNetV2, 90 %) beside our MobileNetV2 rows."""
     md = [f"## The paper's Table 2 beside ours (MobileNetV2, {target}%)", "",
-          "Paper: NYUv2, reference-adapmtl.md \"Table 2\" (its DiSparse row is the dynamic variant, the one the "
+          "Paper: NYUv2, docs/reference.md §7 (its DiSparse row is the dynamic variant, the one the "
           "reference's script runs). Ours: synthetic benchmark, means over seeds, Δ against our dense mean "
           f"({definition} metrics; parity Δ_T in brackets).", "",
           "| row | paper mIoU / PixAcc | paper Δ_T1 / Δ_T2 / Δ_T3 | paper Sp. bb / seg / nor / dep | paper Δ_T "

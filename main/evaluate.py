@@ -1,7 +1,7 @@
 """Evaluating a model: one pass over a split (``evaluate``: the trainer's validation and ``test.py`` alike) and
 a saved checkpoint on its own terms (``evaluate_checkpoint``: the config inside the file rebuilds model and data).
 
-``evaluate_checkpoint`` is ``test.py``; it returns the JSON object of DESIGN.md §3 (metrics, sparsity per layer /
+``evaluate_checkpoint`` is ``test.py``; it returns the JSON object that docs/usage.md ("test.py") describes (metrics, sparsity per layer /
 component / overall, Δ_T against a dense reference, parameter counts, FLOPs).
 """
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from .task_registry import TASKS
 
-#: The reference code's hard-coded NYUv2 "test score" denominators (``reference-adapmtl.md`` §6.3, rows
+#: The reference code's hard-coded NYUv2 "test score" denominators (their values, copied from their trainer; ``docs/reference.md`` §6.3, rows
 #: 1-2): mIoU / Pixel Acc as fractions, angle thresholds and sigmas in percent.  Not the paper's dense
 #: baselines: Δ_T should be measured against a dense model evaluated with the same code.
 NYUV2_REFERENCE_SCORES: dict[str, dict[str, dict[str, float]]] = {
@@ -65,7 +65,7 @@ def _check_comparable(metrics: Table, reference: Table, directions: Directions) 
 
 
 def delta_t(metrics: Table, reference: Table, directions: Directions) -> dict:
-    """The paper's unified metric (``reference-adapmtl.md`` §6.5), in percent.
+    """The paper's unified metric (``docs/reference.md`` §6.5), in percent.
 
     Δ_Ti = Σ_j sign_j · (M_ij − R_ij) / R_ij · 100 is a *sum* over the task's metrics (not a mean: this is
     what reproduces every Δ of the paper's Table 2); Δ_T is the unweighted mean of Δ_Ti over tasks.
@@ -93,8 +93,7 @@ def selection_score(metrics: Table, reference: Table, directions: Directions,
     lone ``key_err``) use this Δ form, since their raw ratio sums would not start at 1.
     ``half_weight_first`` gives each task its ``TaskSpec.selection_weight`` (segmentation, the first task in the
     reference's order: ½; tasks outside the registry: 1); ``task_priority`` defaults to 1 per task.  The reference's
-    Taskonomy "test error" is not reproduced: it adds cosine similarity as an error (``reference-adapmtl.md`` §9.2
-    item 9).
+    Taskonomy "test error" is not reproduced: it adds cosine similarity as an error (docs/differences.md #16).
     """
     deltas = delta_t(metrics, reference, directions)["tasks"]
     priority = dict.fromkeys(deltas, 1.0)

@@ -2,7 +2,7 @@
 
 With the reference control (``stop``) a soft-threshold run cannot be *asked* for a sparsity: the thresholds
 freeze once ``--ratio`` is reached, but coupled weight decay keeps shrinking the weights, so sparsity keeps
-rising; where it ends is set by sInit x weight decay and users sweep both per target (reference-adapmtl.md §3.4).
+rising; where it ends is set by sInit x weight decay and users sweep both per target (docs/reference.md §3.4).
 
 The budget controller closes the loop.  Every step it compares the measured overall sparsity (the exact count the
 forward pass already produced, still on the device) with a band and moves every threshold parameter by the same

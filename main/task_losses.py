@@ -1,6 +1,6 @@
 """Per-task training losses of the dense-prediction tasks (the ``loss`` of each ``TaskSpec``).
 
-Losses follow the reference criterions exactly (``reference-adapmtl.md`` §6.1): they are computed at the
+Losses follow the reference criterions exactly (``docs/reference.md`` §6.1): they are computed at the
 *prediction* (feature) resolution, with the ground truth and masks nearest-downsampled to it.  They are
 written with masked sums instead of boolean indexing so that no step forces a host sync, and an
 all-invalid batch gives a zero that still belongs to the graph instead of a NaN.

@@ -1,6 +1,6 @@
 """Per-task evaluation metrics: the running accumulators behind ``main.tasks.TaskMetrics``.
 
-Metrics (``reference-adapmtl.md`` §6.2) are computed at the *ground-truth* resolution with nearest-upsampled
+Metrics (``docs/reference.md`` §6.2) are computed at the *ground-truth* resolution with nearest-upsampled
 predictions and accumulated over a whole evaluation set.  ``definitions="parity"`` reproduces the reference
 numbers, quirks included (mIoU over classes with a non-zero true positive count only, batch-size-weighted pixel
 accuracy and depth errors); ``definitions="standard"`` gives the textbook versions.  Both are kept in one running

@@ -38,7 +38,7 @@ def test_delta_t_mismatches_are_named(metrics, reference, message):
         delta_t(metrics, reference, directions)
 
 
-# The paper's Table 2 (reference-adapmtl.md §7; NYUv2, MobileNetV2, 90% sparsity): metric columns as
+# The paper's Table 2 (docs/reference.md §7; NYUv2, MobileNetV2, 90% sparsity): metric columns as
 # printed (mIoU / PixAcc in percent) and the printed Δ_T1, Δ_T2, Δ_T3, Δ_T.
 TABLE2 = {
     "Dense": ([19.94, 48.71], [17.85, 16.21, 29.77, 72.19, 86.19], [0.64, 0.24, 58.93, 86.27, 96.16],

@@ -1,4 +1,4 @@
-"""User mistakes end in exit code 2 and one line on stderr naming the problem and the fix (DESIGN.md §3 Errors).
+"""User mistakes end in exit code 2 and one line on stderr naming the problem and the fix (docs/usage.md, "Errors").
 
 Each test makes one distinct mistake through an entry script's ``main`` wrapped in ``cli_main`` (exactly what
 ``python baseline.py ...`` runs) and checks: exit code 2, exactly one line ``error: ...`` on stderr, nothing on

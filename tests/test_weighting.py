@@ -10,7 +10,7 @@ from main.weighting import AdaptiveWeighting, EqualWeighting
 
 
 def reference_weights(loss_seq, tasks, begin, window, total):
-    """The original trainer's lists-and-floats algorithm (reference-adapmtl.md §2.1)."""
+    """The original trainer's lists-and-floats algorithm (docs/reference.md §2)."""
     weight = dict.fromkeys(tasks, 1.0)
     prev = dict.fromkeys(tasks)
     diffs = {t: [] for t in tasks}

@@ -1,4 +1,4 @@
-"""NYUv2 (3 tasks) in the AdaShare layout, preprocessed exactly as the reference (``reference-adapmtl.md`` §5.1).
+"""NYUv2 (3 tasks) in the AdaShare layout, preprocessed exactly as the reference (``docs/reference.md`` §5).
 
 Layout: ``root/nyu_v2_3task.json`` = ``{"train": [[img, seg, normal, depth], ...], "test": [...]}`` with paths
 relative to ``root``: ``img/*.png`` colour, ``seg/*.png`` uint8 class ids 0-39 (255 = ignore),

@@ -1,4 +1,4 @@
-"""Tiny-Taskonomy (5 tasks), decoded and augmented exactly as the reference (``reference-adapmtl.md`` §5.2).
+"""Tiny-Taskonomy (5 tasks), decoded and augmented exactly as the reference (``docs/reference.md`` §5).
 
 Layout: ``root/taskonomy.json`` = ``{"train": [...], "test": [...], "test_small": [...]}``, entries
 ``[img, seg, normal, depth, keypoint, edge]``; ``root/semseg_prior_factor.npy`` (17 class weights, Taskonomy's
