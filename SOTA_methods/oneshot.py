@@ -190,7 +190,8 @@ class _PairsToDict(argparse.Action):
 def _component_fraction(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
     if not sep:
-        raise argparse.ArgumentTypeError(f"--component_sparsity takes COMPONENT=FRACTION pairs, e.g. backbone=0.8, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--component_sparsity takes COMPONENT=FRACTION pairs, e.g. backbone=0.8, "
+                                         f"got {text!r}")
     try:
         fraction = float(value)
     except ValueError:

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 
 from .task_registry import TASKS
 
-#: The reference code's hard-coded NYUv2 "test score" denominators (their values, copied from their trainer; ``docs/reference.md`` §6.3, rows
-#: 1-2): mIoU / Pixel Acc as fractions, angle thresholds and sigmas in percent.  Not the paper's dense
-#: baselines: Δ_T should be measured against a dense model evaluated with the same code.
+#: The reference code's hard-coded NYUv2 "test score" denominators (their values, copied from their trainer; the
+#: score itself: ``docs/reference.md`` §6.3): mIoU / Pixel Acc as fractions, angle thresholds and sigmas in percent.
+#: Not the paper's dense baselines: Δ_T should be measured against a dense model evaluated with the same code.
 NYUV2_REFERENCE_SCORES: dict[str, dict[str, dict[str, float]]] = {
     "resnet34": {
         "segment_semantic": {"mIoU": 0.2525, "Pixel Acc": 0.5773},
