@@ -29,6 +29,11 @@ def methods(where: Callable[[Method], bool] | None = None) -> list[Method]:
     return registered(where)
 
 
+def one_shot_methods() -> list[Method]:
+    """The methods ``pruning.py`` can apply (those with a one-shot step), of every module, whatever was imported."""
+    return methods(lambda m: m.prune is not None)
+
+
 def get(name: str) -> Method:
     """The method called ``name``; a ``ConfigError`` naming every known method otherwise."""
     return choose(name, methods())

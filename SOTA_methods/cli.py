@@ -13,8 +13,9 @@ from main.cli.args import add_source_args
 from main.config import Config, ConfigError, Provenance
 
 from . import catalog
+from .catalog import one_shot_methods
 from .commands import add_target, check_target, method_parser, parse_method_args, print_summary
-from .oneshot import one_shot_methods, prune_once
+from .oneshot import prune_once
 from .registry import KINDS, OptionGroup, choose, names
 
 TARGET_HELP = "target: overall sparsity of the prunable weights (structured: fraction of backbone filters)"

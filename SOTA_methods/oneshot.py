@@ -122,18 +122,14 @@ def disparse_pt_step(inp: PruneInputs) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ pruning.py
-def one_shot_methods() -> list[Method]:
-    """The registered methods ``pruning.py`` can apply: those with a one-shot step."""
-    return methods(lambda m: m.prune is not None)
-
-
 def prune_once(cfg: Config, given: Provenance, opts: dict, dist_info: DistInfo | None = None,
                device: torch.device | None = None) -> dict:
     """Load (or initialise) the model, apply ``--method``'s one-shot step, save; returns the ``masks.json`` summary."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would score and write the same files
         raise ConfigError("pruning.py scores and saves once and does not train, so it runs in one process: start "
                           "it with python, not torchrun (then fine-tune under torchrun with finetune.py)")
-    method = choose(opts["method"], one_shot_methods())
+    # the registry as imported: through pruning.py (SOTA_methods.catalog) that is every method
+    method = choose(opts["method"], methods(lambda m: m.prune is not None))
     device = device or resolve_device(cfg.device)
     seed_everything(cfg.seed)
     cfg, model, saved_masks = load_source(cfg, given, opts["load_checkpoint"], device)

@@ -27,8 +27,9 @@ widths), read by ``main.checkpoint.model_from_checkpoint``; test.py evaluates it
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -283,17 +284,32 @@ def conv_flops(model: nn.Module, side: int) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
-        model.eval()(torch.zeros((1, 3, side, side), device=next(model.parameters()).device))
+        with evaluating(model):
+            model(torch.zeros((1, 3, side, side), device=next(model.parameters()).device))
     finally:
         for h in handles:
             h.remove()
     return total
 
 
+@contextlib.contextmanager
+def evaluating(*models: nn.Module) -> Iterator[None]:
+    """The models in eval mode for the block, each back in the mode it had: a caller's training model stays one."""
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
 @torch.no_grad()
 def max_difference(a: nn.Module, b: nn.Module, x: Tensor) -> float:
-    """Largest |a(x) − b(x)| over all task outputs (eval mode)."""
-    ya, yb = a.eval()(x), b.eval()(x)
+    """Largest |a(x) − b(x)| over all task outputs (eval mode; each model's mode restored)."""
+    with evaluating(a, b):
+        ya, yb = a(x), b(x)
     return max(float((ya[t] - yb[t]).abs().max()) for t in ya)
 
 
@@ -319,9 +335,9 @@ def write_compact(model: MultiTaskModel, cfg: Config, out: str | Path, source: s
     if not diff <= EXACTNESS:
         raise RuntimeError(f"compaction changed the outputs by {diff:.2e} (> {EXACTNESS}); not written")
     info = {**summary(source, model, small, report, side), "max_difference": diff}
-    cfg.dense = True
+    stored = {**cfg.to_dict(), "dense": True}  # the caller's config is left as it was
     atomic_save({"state_dict": {k: v.detach().cpu() for k, v in small.state_dict().items()},
-                 "config": cfg.to_dict(), "compact": compact_spec(small), "compaction": info, "iter": iteration,
+                 "config": stored, "compact": compact_spec(small), "compaction": info, "iter": iteration,
                  "version": CHECKPOINT_VERSION}, out)
     return info
 

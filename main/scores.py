@@ -7,8 +7,9 @@ for any task set and never branch on the dataset.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+from .errors import UserError
 from .task_registry import TASKS
 
 #: The reference code's hard-coded NYUv2 "test score" denominators (their values, copied from their trainer; the
@@ -30,6 +31,24 @@ NYUV2_REFERENCE_SCORES: dict[str, dict[str, dict[str, float]]] = {
                           "sigma_1.25^2": 87.4701, "sigma_1.25^3": 96.1797},
     },
 }
+
+
+class NoReferenceScore(UserError, ValueError):
+    """``--select_by score`` for a run the reference's score has no denominators for."""
+
+
+def score_references(architecture: str, tasks: Sequence[str], metric_style: str) -> dict[str, dict[str, float]]:
+    """The reference score's denominators for this run's tasks (a subset of the NYUv2 three), or
+    ``NoReferenceScore`` naming what to select by instead: checked before a run starts, not at its first validation.
+    """
+    refs = NYUV2_REFERENCE_SCORES.get(architecture, {})
+    unknown = [t for t in tasks if t not in refs]
+    if metric_style != "nyuv2" or unknown or not tasks:
+        what = f"tasks {', '.join(unknown)}" if unknown and metric_style == "nyuv2" else f"{metric_style} metrics"
+        raise NoReferenceScore(f"--select_by score: the reference's score only has NYUv2 denominators (tasks "
+                               f"{', '.join(NYUV2_REFERENCE_SCORES['resnet34'])}), not for {what}; select by loss or "
+                               "by one metric (--select_by metric:<task>/<metric>)")
+    return {t: refs[t] for t in tasks}
 
 
 class UndefinedDelta(ValueError):

@@ -118,10 +118,12 @@ class StopRule:
         return overall >= self.ratio
 
     def scalars(self, iteration: int, steps: int) -> dict[str, float]:
-        """TensorBoard scalars of the interval just ended (``steps`` optimiser steps); restarts the interval."""
-        out = {"sparsity/target": self.ratio, "sparsity/frozen_fraction": self.frozen / steps}
+        """TensorBoard scalars of the interval just ended (``steps`` optimiser steps); no side effect."""
+        return {"sparsity/target": self.ratio, "sparsity/frozen_fraction": self.frozen / steps}
+
+    def end_interval(self) -> None:
+        """A log interval ended (on every rank, whether or not it logs): its frozen-step count restarts."""
         self.frozen = 0
-        return out
 
     def state_dict(self) -> None:
         return None

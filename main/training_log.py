@@ -52,6 +52,8 @@ class TrainingLog:
         if trainer.iteration % trainer.cfg.log_every == 0 or trainer.iteration == trainer.cfg.iters:
             if trainer.is_main:
                 self.report(trainer, result.weights)
+            if trainer.control is not None:
+                trainer.control.end_interval()
             self.loss_sum.zero_()
             self.finite_steps = self.steps = 0
             self.seconds = 0.0

@@ -17,7 +17,7 @@ from .config import Config, ConfigError
 from .distributed import gather_objects
 from .evaluate import evaluate
 from .monitor import progress
-from .scores import NYUV2_REFERENCE_SCORES, selection_score
+from .scores import score_references, selection_score
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -35,7 +35,8 @@ def parse_metric_selector(select_by: str, directions: Directions) -> tuple[str, 
     return task, metric
 
 
-def selection_rule(cfg: Config, tasks: tuple[str, ...], directions: Directions) -> Callable[[dict], float]:
+def selection_rule(cfg: Config, tasks: tuple[str, ...], directions: Directions,
+                   metric_style: str = "nyuv2") -> Callable[[dict], float]:
     """``--select_by`` as a function of a validation result, higher is better: one validation metric (signed by
     its direction: S004 picks by Pixel Acc), the reference test score, or minus the mean validation loss.  Parsed
     once per run, so a bad selector fails before training."""
@@ -44,7 +45,7 @@ def selection_rule(cfg: Config, tasks: tuple[str, ...], directions: Directions) 
         sign = directions[task][metric]
         return lambda result: sign * result["metrics"][task][metric]
     if cfg.select_by == "score":
-        refs = NYUV2_REFERENCE_SCORES[cfg.architecture]
+        refs = score_references(cfg.architecture, tasks, metric_style)
         priority = dict(zip(tasks, cfg.priority)) if cfg.priority else None  # as the reference
         return lambda result: selection_score(result["metrics"], refs, directions, task_priority=priority)
     return lambda result: -sum(result["losses"].values()) / len(result["losses"])
@@ -69,7 +70,7 @@ class Validation:
     """Training callback: validate every ``--val_iters`` iterations and at the end; keep the best checkpoint."""
 
     def __init__(self, trainer: Trainer) -> None:
-        self.select = selection_rule(trainer.cfg, trainer.tasks, trainer.directions)
+        self.select = selection_rule(trainer.cfg, trainer.tasks, trainer.directions, trainer.info.metric_style)
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         if trainer.iteration % trainer.cfg.val_iters == 0 or trainer.iteration == trainer.cfg.iters:
