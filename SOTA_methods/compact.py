@@ -31,6 +31,7 @@ from main.checkpoint import CHECKPOINT_VERSION, CheckpointError, atomic_save, lo
 from main.masks import MaskSet
 from main.models import HEADS, MultiTaskModel, build_model
 from main.models.heads import ASPP_RATES
+from main.output_file import COMPACT_MODEL, check_output_file
 from main.sparse import SoftThresholdConv2d
 
 # ------------------------------------------------------------------------------------------------ counting
@@ -224,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path", required=True, help="pruned checkpoint (pruning.py / finetune.py / structured_train)")
     p.add_argument("--out", required=True, help="where to write the compact model (.pt)")
     p.add_argument("--input_size", type=int, help="square input side for FLOPs (default: the run's crop_size)")
+    p.add_argument("--overwrite", action="store_true", help="let --out replace an existing file of another kind")
     args = p.parse_args(argv)
+    check_output_file(args.out, "--out", COMPACT_MODEL, {"--path": args.path}, overwrite=args.overwrite)
     cfg, model, channels = load_pruned(args.path)
     model.eval()
     side = args.input_size or int(cfg.get("crop_size", 321))

@@ -15,8 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.plots import plot_training_curves, read_scalars
+from bench.plots import SPARSITY_PNG, THRESHOLDS_PNG, WEIGHTS_PNG, plot_training_curves, read_scalars
 from main.errors import UserError, cli_main
+from main.output_file import PNG, check_output_file
 
 
 def default_labels(runs: list[str]) -> list[str]:
@@ -48,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(labels)) != len(labels):
         raise UserError(f"--labels must differ from each other, got {' '.join(labels)}")
 
-    runs = {label: read_scalars(run) for label, run in zip(labels, ns.runs)}
     out = Path(ns.out) if ns.out else Path(ns.runs[0]) / "plots"
+    for name in (SPARSITY_PNG, WEIGHTS_PNG, THRESHOLDS_PNG):  # before reading: only free names or earlier PNGs
+        check_output_file(out / name, "--out", PNG)
+    runs = {label: read_scalars(run) for label, run in zip(labels, ns.runs)}
     try:
         written = plot_training_curves(runs, out)
     except OSError as e:

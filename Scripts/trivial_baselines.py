@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
+from main.atomic import atomic_write_text
 from main.cli.args import parse_args
 from main.data import build_dataset, dataset_info
 from main.errors import cli_main
+from main.output_file import RESULTS_JSON, check_output_file
 from main.tables import format_table
 from main.task_registry import DEPTH, NORMAL, SEG
 from main.tasks import TaskMetrics
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the metrics as JSON")
     ns, rest = parser.parse_known_args(argv)
     cfg, _ = parse_args(rest)
+    if ns.json:  # before the work: a free name or an earlier results JSON, never a checkpoint, device or link
+        check_output_file(ns.json, "--json", RESULTS_JSON, overwrite=cfg.overwrite)
     info = dataset_info(cfg)
     tasks = [t for t in info.tasks if t in TRIVIAL_TASKS]
     stats = train_statistics(build_dataset(cfg, "train"), tasks, info.num_classes)
@@ -72,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     result = metrics.compute()
     print(format_table([("trivial", result)]))
     if ns.json:
-        Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(ns.json).write_text(json.dumps({"metrics": result, "predictors": {
+        atomic_write_text(ns.json, json.dumps({"metrics": result, "predictors": {
             SEG: f"majority class {int(stats[SEG])}",
             DEPTH: f"mean depth {float(stats[DEPTH]):.4f}",
             NORMAL: f"mean normal {[round(v, 4) for v in stats[NORMAL].tolist()]}"}}, indent=1))

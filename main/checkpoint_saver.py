@@ -3,7 +3,7 @@
 ``CheckpointSaver`` is the one object a run writes its checkpoint files through, so the rules live in one
 place: every write is atomic (``atomic_save``), a model holding a NaN / Inf parameter is never written (the last
 good file stays intact), and the newest ``--keep_checkpoints`` snapshots stay beside the latest file, so a file
-damaged after the fact can still be resumed from an earlier one (``load_newest_intact``).
+damaged after the fact can still be resumed from an earlier one (``newest_intact``).
 ``SaveLatest`` is the training callback that writes the latest checkpoint every ``--save_iters`` iterations.
 """
 
@@ -70,17 +70,18 @@ def resume_candidates(save_dir: Path, stem: str) -> list[Path]:
     return out
 
 
-def load_newest_intact(save_dir: Path, stem: str, warn=print) -> tuple[Path, dict]:
-    """First loadable checkpoint among ``resume_candidates``; corrupt ones are reported and skipped."""
-    candidates = resume_candidates(save_dir, stem)
-    if not candidates:
-        raise CheckpointError(f"--resume: no checkpoint in {save_dir}; start the run without --resume")
-    for path in candidates:
+def newest_intact(save_dir: Path, stem: str, warn=print) -> tuple[Path, dict] | None:
+    """First loadable checkpoint among ``resume_candidates``; corrupt ones are reported and skipped.
+
+    None when no candidate loads (none written yet, or every one damaged): what ``--resume`` then does is the run
+    setup's decision (``main.trainer_setup.restart_config``), not the reader's.
+    """
+    for path in resume_candidates(save_dir, stem):
         try:
             return path, load_checkpoint(path)
         except CheckpointError as e:
             warn(f"skipping {path}: {e}")
-    raise CheckpointError(f"--resume: every checkpoint in {save_dir} is unreadable; start a new run")
+    return None
 
 
 class CheckpointSaver:

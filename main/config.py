@@ -299,5 +299,6 @@ def load_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def dump_yaml(cfg: Config, path: str) -> None:
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def dump_yaml(cfg: Config, path: str, header: str = "") -> None:
+    """``cfg`` as YAML; ``header``: comment lines first (a run folder's config.yaml says how its run restarts)."""
+    atomic_write_text(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))

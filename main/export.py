@@ -32,9 +32,10 @@ from .data import dataset_info
 from .errors import ArgumentParser, UserError, cli_main
 from .masks import prunable_weights
 from .models import MultiTaskModel, model_for
-from .run_dir import check_output_file
+from .output_file import COMPACT_MODEL, OutputKind, check_output_file
 
 FORMAT = "adapmtl-sparse-v1"
+HEADER_LIMIT = 100 << 20  # safetensors' own bound on the header's JSON
 
 
 def _pack(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,6 +105,22 @@ def _read_export(path: str | Path) -> tuple[Config, dict[str, Tensor], dict | No
     return cfg, state, (json.loads(meta["compact"]) if "compact" in meta else None)
 
 
+def is_export(path: Path) -> bool:
+    """An export of this project: a safetensors header (8-byte length, JSON) whose metadata names ``FORMAT``."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 2 <= size <= HEADER_LIMIT:
+            return False
+        try:
+            header = json.loads(f.read(size))
+        except (ValueError, UnicodeDecodeError):
+            return False
+    return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT
+
+
+SPARSE_EXPORT = OutputKind(f"a sparse export ({FORMAT} safetensors)", is_export)
+
+
 def model_from_export(path: str | Path, device: torch.device, overrides: dict | None = None):
     """Rebuild a dense-storage model holding the exported effective weights."""
     cfg, state, compact = _read_export(path)
@@ -137,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output .safetensors file (--compact: a .model checkpoint)")
     parser.add_argument("--compact", action="store_true", help="remove every dead channel (and constant ASPP "
                         "branch) physically, folding their constants; writes a checkpoint test.py evaluates")
+    parser.add_argument("--overwrite", action="store_true", help="let --out replace an existing file of another "
+                        "kind (e.g. a training checkpoint)")
     ns = parser.parse_args(argv)
-    check_output_file(ns.out, "--out", {"--path": ns.path})  # checked before the work, never the input
+    # checked before the work: never the input, a device or link, nor a file of another kind unless --overwrite
+    check_output_file(ns.out, "--out", COMPACT_MODEL if ns.compact else SPARSE_EXPORT, {"--path": ns.path},
+                      overwrite=ns.overwrite)
     if ns.compact:
         if str(ns.out).endswith(".safetensors"):
             raise UserError(f"--compact writes a checkpoint, not a safetensors file; name --out like "

@@ -8,7 +8,10 @@ a kill mid-write leaves ``*.tmp`` files.  So:
 - creating it takes an exclusive ``fcntl`` lock on ``.lock`` inside it, held until the process exits (the kernel
   drops it when the process dies, so a stale lock file never blocks); a second process is refused with the
   holder's PID;
-- then orphan temporary files are removed and, with ``--overwrite``, every file of the previous run.
+- then orphan temporary files are removed and, with ``--overwrite``, every file of the previous run;
+- a run killed before its first checkpoint is not a dead end: its ``config.yaml`` is marked (``FROM_SETTINGS``)
+  when the start needs nothing but those settings, and ``--resume`` then restarts it from iteration 0
+  (``main.trainer_setup.restart_config``); the plain command's refusal says so.
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ from pathlib import Path
 from .config import Config, ConfigError
 
 LOCK_NAME = ".lock"
+CONFIG_NAME = "config.yaml"
 # What a run writes into its folder (the previous run's, removed by --overwrite).  Snapshots live in checkpoints/.
-RUN_FILES = ("*.model", "best_*", "events.out.tfevents.*", "sparsity.json", "config.yaml", "train.log")
+RUN_FILES = ("*.model", "best_*", "events.out.tfevents.*", "sparsity.json", CONFIG_NAME, "train.log")
 RUN_FOLDERS = ("checkpoints",)
+# config.yaml's first line when the run starts from its settings alone (baseline.py: no masks, no scores, no
+# source checkpoint beyond --reload), so that a --resume before its first checkpoint can restart it from the file.
+FROM_SETTINGS = "# adapmtl run started from these settings alone: until it has a checkpoint, --resume restarts it\n"
 _held: dict[str, int] = {}  # resolved folder -> open lock fd, for the life of this process
 
 
@@ -34,7 +41,41 @@ class RunFolderBusy(ConfigError):
 
 
 def holds_run(save_dir: Path) -> bool:
-    return save_dir.is_dir() and (any(save_dir.glob("*.model")) or (save_dir / "config.yaml").exists())
+    return save_dir.is_dir() and (any(save_dir.glob("*.model")) or (save_dir / CONFIG_NAME).exists())
+
+
+def has_checkpoint(save_dir: Path) -> bool:
+    """A resumable checkpoint file is there (the latest or a snapshot; whether it loads is ``--resume``'s to say)."""
+    save_dir = Path(save_dir)
+    return any(not p.name.startswith("best_") for p in save_dir.glob("*.model")) or any(
+        (save_dir / "checkpoints").glob("*.model"))
+
+
+def restartable(save_dir: Path) -> bool:
+    """The folder's ``config.yaml`` says its run started from these settings alone (``FROM_SETTINGS``)."""
+    try:
+        with open(Path(save_dir) / CONFIG_NAME, encoding="utf-8") as f:
+            return f.readline() == FROM_SETTINGS
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def started_only(save_dir: Path) -> bool:
+    """A run took the folder (its lock file is there) and was stopped before it wrote its config or a checkpoint."""
+    save_dir = Path(save_dir)
+    return (save_dir / LOCK_NAME).is_file() and not holds_run(save_dir) and not has_checkpoint(save_dir)
+
+
+def occupied(save_dir: Path) -> str:
+    """Why a plain start may not use ``save_dir``, and what to pass instead (one message, agreeing with --resume)."""
+    if has_checkpoint(save_dir) or not (save_dir / CONFIG_NAME).exists():
+        return (f"--save_dir {save_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                "or choose another --save_dir")
+    if restartable(save_dir):
+        return (f"--save_dir {save_dir} holds a run stopped before its first checkpoint; pass --resume to restart it "
+                "from iteration 0 with its config.yaml, --overwrite to replace it, or choose another --save_dir")
+    return (f"--save_dir {save_dir} holds a run stopped before its first checkpoint, which only its own start can "
+            "rebuild; pass --overwrite to start it again, or choose another --save_dir")
 
 
 def check_writable(path: Path, flag: str) -> None:
@@ -59,42 +100,19 @@ def check_writable(path: Path, flag: str) -> None:
             from None
 
 
-def check_output_file(out: str | os.PathLike, flag: str, inputs: Mapping[str, str | os.PathLike | None]) -> None:
-    """An output file named by ``flag`` can be written, and is none of the command's ``inputs`` (flag -> path).
-
-    Checked before any work: an evaluation that ran for an hour must not fail on its output path, and an output
-    that is also an input (``--json`` = ``--path``) would replace the checkpoint.  A hard link or symlink to an
-    input counts as the input.
-    """
-    if not str(out).strip():
-        raise ConfigError(f"{flag} is empty; name a file")
-    path = Path(out)
-    if path.is_dir():
-        raise ConfigError(f"{flag} {out} is a folder; name a file, e.g. {flag} {path / 'out'}")
-    for in_flag, source in inputs.items():
-        if source is None or not str(source).strip():
-            continue
-        same = os.path.abspath(path) == os.path.abspath(source) or (
-            path.exists() and Path(source).exists() and os.path.samefile(path, source))
-        if same:
-            raise ConfigError(f"{flag} {out} is the {in_flag} input of this command; writing it would replace that "
-                              f"file; choose another {flag}")
-    check_writable(path.parent, f"{flag} folder")
-
-
-def check_run_dir(cfg: Config, create: bool = True, inputs: Mapping[str, str | None] | None = None) -> None:
+def check_run_dir(cfg: Config, create: bool = True, inputs: Mapping[str, str | None] | None = None,
+                  restart: bool = False) -> None:
     """Refuse to clobber another run and make sure the folder can be written; ``create`` makes it and owns it.
 
     ``create=False`` only checks (nothing touches the disk), so every other user mistake can still be found
     before the run folder appears.  ``create=True`` also locks the folder for this process, removes orphan
     temporary files and, with ``--overwrite``, the previous run's files.  ``inputs`` (flag -> path; ``--reload``
-    is added from ``cfg``): files the command reads, which ``--overwrite`` must not
-    delete.
+    is added from ``cfg``): files the command reads, which ``--overwrite`` must not delete.  ``restart``: a
+    ``--resume`` restarting the folder's run from iteration 0 (it holds no checkpoint), which adopts the folder.
     """
     save_dir = Path(cfg.save_dir)
-    if holds_run(save_dir) and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"--save_dir {save_dir} already holds a run; pass --resume to continue it, "
-                          "--overwrite to replace it, or choose another --save_dir")
+    if holds_run(save_dir) and not (cfg.resume or cfg.overwrite or restart):
+        raise ConfigError(occupied(save_dir))
     check_writable(save_dir, "--save_dir")
     if cfg.overwrite and not cfg.resume:
         named = {"--reload": cfg.reload, **(inputs or {})}

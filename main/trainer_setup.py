@@ -20,13 +20,13 @@ from .checkpoint import (
     load_checkpoint,
     load_weights,
 )
-from .checkpoint_saver import load_newest_intact
-from .config import Config, ConfigError, Provenance, dump_yaml
+from .checkpoint_saver import newest_intact
+from .config import Config, ConfigError, Provenance, dump_yaml, load_yaml
 from .data import build_dataset, dataset_info, verify_dataset
 from .device import resolve_device
 from .distributed import DistInfo
 from .masks import MaskSet
-from .run_dir import check_run_dir
+from .run_dir import CONFIG_NAME, FROM_SETTINGS, check_run_dir, has_checkpoint, restartable, started_only
 from .seeding import seed_everything
 from .tasks import metric_directions
 from .trainer import Trainer
@@ -38,29 +38,75 @@ RESUMABLE_OVERRIDES = {"iters", "device", "progress", "num_workers", "val_iters"
                        "max_bad_steps"}
 
 
-def config_for_resume(cfg: Config, given: Provenance) -> tuple[Config, dict]:
-    """The checkpoint's config, with only the resumable flags the user gave on the command line."""
-    explicit = given.explicit
-    stem = _resume_stem(Path(cfg.save_dir), cfg, explicit)
-    path, state = load_newest_intact(Path(cfg.save_dir), stem, warn=lambda m: print(f"warning: {m}"))
+def config_for_resume(cfg: Config, given: Provenance, from_settings: bool = False) -> tuple[Config, dict | None]:
+    """The checkpoint's config, with only the resumable flags the user gave on the command line.
+
+    No checkpoint that loads (the run was killed before its first, or inside its write): ``restart_config``,
+    and no state, so the run restarts from iteration 0.  ``from_settings``: this command starts a run from its
+    settings alone (baseline.py), so it may restart one from them.
+    """
+    stem = _resume_stem(Path(cfg.save_dir), cfg, given.explicit)
+    found = newest_intact(Path(cfg.save_dir), stem, warn=lambda m: print(f"warning: {m}"))
+    if found is None:
+        return restart_config(cfg, given, from_settings), None
+    path, state = found
     if not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{path} carries no config, so --resume cannot continue it; start a new run")
     if "optimizer" not in state:  # pruning.py writes pruned weights and masks, not a training state
         raise CheckpointError(f"{path} holds no training state (it was written by pruning.py), so --resume cannot "
                               f"continue it; fine-tune it instead: python finetune.py --load_checkpoint {path} "
                               "--save_dir NEW_FOLDER")
-    resumed = Config.from_dict(state["config"], source=str(path))
-    preset_file = given.preset_file
-    for key in sorted(explicit | given.preset_keys):
-        ours, theirs = getattr(cfg, key), getattr(resumed, key)
-        if key in RESUMABLE_OVERRIDES:
-            setattr(resumed, key, ours)
-        elif ours != theirs and key not in ("config",):
-            given = f"--{key} {ours}" if key in explicit else f"--config {preset_file} sets {key}: {ours}, which"
-            raise ConfigError(f"{given} differs from the resumed run's {theirs}; a resumed run keeps its "
-                              "settings (start a new run with --reload to change them)")
-    resumed.resume = True
+    resumed = keep_settings(Config.from_dict(state["config"], source=str(path)), cfg, given)
+    resumed.resume, resumed.reload = True, None  # it continues from its checkpoint; --reload was where it began
     return resumed.check(), state
+
+
+def keep_settings(run: Config, cfg: Config, given: Provenance) -> Config:
+    """``run``'s settings, with the resumable flags the user gave; any other flag given must equal the run's."""
+    explicit, preset_file = given.explicit, given.preset_file
+    for key in sorted(explicit | given.preset_keys):
+        ours, theirs = getattr(cfg, key), getattr(run, key)
+        if key in RESUMABLE_OVERRIDES:
+            setattr(run, key, ours)
+        elif ours != theirs and key not in ("config",):
+            said = f"--{key} {ours}" if key in explicit else f"--config {preset_file} sets {key}: {ours}, which"
+            raise ConfigError(f"{said} differs from the resumed run's {theirs}; a resumed run keeps its "
+                              "settings (start a new run with --reload to change them)")
+    return run
+
+
+def restart_config(cfg: Config, given: Provenance, from_settings: bool) -> Config:
+    """The config a ``--resume`` restarts a run with when its folder holds no checkpoint that loads.
+
+    Why: a run killed before its first checkpoint (or inside its write, or a start that failed on bad data) must
+    not be a dead end where only ``--overwrite`` helps: a requeued job repeats the same ``--resume``.  A run that
+    started from its settings alone (its ``config.yaml`` says so, ``FROM_SETTINGS``) restarts from iteration 0
+    with that file's settings (the flags given follow the ordinary resume rules); one killed before even that
+    file (only the lock is there) with the flags given.  Any other folder gets a message naming what to do.
+    """
+    save_dir = Path(cfg.save_dir)
+    config_file = save_dir / CONFIG_NAME
+    if from_settings and restartable(save_dir):
+        started = keep_settings(Config.from_dict(load_yaml(str(config_file)), source=str(config_file)), cfg, given)
+    elif from_settings and started_only(save_dir):
+        started = Config.from_dict(cfg.to_dict())
+    else:
+        raise no_checkpoint(save_dir)
+    started.resume = started.overwrite = False
+    print(f"notice: --resume: no checkpoint in {save_dir} loads (the run stopped before its first); restarting it "
+          f"from iteration 0 with {'its config.yaml' if config_file.is_file() else 'the flags given'}")
+    return started.check()
+
+
+def no_checkpoint(save_dir: Path) -> CheckpointError:
+    """Why ``--resume`` cannot continue or restart ``save_dir``, and what does (agreeing with ``occupied``)."""
+    if has_checkpoint(save_dir):
+        return CheckpointError(f"--resume: every checkpoint in {save_dir} is unreadable; start a new run with "
+                               "--overwrite")
+    if (save_dir / CONFIG_NAME).exists():
+        return CheckpointError(f"--resume: {save_dir} holds no checkpoint yet and this command cannot rebuild its "
+                               "start from config.yaml; start it again with its own command plus --overwrite")
+    return CheckpointError(f"--resume: no checkpoint in {save_dir}; start the run without --resume")
 
 
 def _resume_stem(save_dir: Path, cfg: Config, explicit: frozenset[str]) -> str:
@@ -86,25 +132,36 @@ def check_batch_fits(cfg: Config, train_set, world_size: int = 1) -> None:
                           f"{max(n // world_size, 1)} or add training data")
 
 
+def resume_point(cfg: Config, given: Provenance, from_settings: bool) -> tuple[Config, dict | None, bool]:
+    """(config, checkpoint state or None, restart): a new run, a resumed one, or one ``--resume`` restarts from
+    iteration 0 because its folder holds no checkpoint yet (``restart_config``)."""
+    if not cfg.resume:
+        return cfg, None, False
+    if not Path(cfg.save_dir).is_dir():
+        raise ConfigError(f"--resume: {cfg.save_dir} does not exist; start the run without --resume")
+    cfg, state = config_for_resume(cfg, given, from_settings)
+    return cfg, state, state is None
+
+
 def build_trainer(cfg: Config, given: Provenance | None = None, dist_info: DistInfo | None = None,
-                  device: torch.device | None = None, compact: Mapping | None = None) -> Trainer:
+                  device: torch.device | None = None, compact: Mapping | None = None,
+                  from_settings: bool = False) -> Trainer:
     """Everything ``baseline.py`` needs before ``trainer.train()``, in an order that fails fast.
 
     Every check a user mistake can fail (flags, run folder, device, checkpoints, dataset files, batch size,
     checkpoint-to-model fit) runs before the run folder is created, so a refused run writes nothing.  A compacted
     architecture (``compact``: a compact checkpoint's widths) comes from the argument, the resumed run or the
-    ``--reload`` checkpoint, and is stored in the run's own checkpoints.
+    ``--reload`` checkpoint, and is stored in the run's own checkpoints.  ``from_settings``: the caller starts
+    runs from their settings alone (baseline.py; not a run that masks or scores after this), so its config.yaml is
+    marked and a ``--resume`` before the first checkpoint restarts it (``restart_config``).
     """
     given = given or Provenance()
     dist_info = dist_info or DistInfo()
-    state = None
-    if cfg.resume:
-        if not Path(cfg.save_dir).is_dir():
-            raise ConfigError(f"--resume: {cfg.save_dir} does not exist; start the run without --resume")
-        cfg, state = config_for_resume(cfg, given)
+    cfg, state, restart = resume_point(cfg, given, from_settings)
+    marked = from_settings and (state is None or restartable(Path(cfg.save_dir)))  # a resume keeps the mark
     inputs = {"--config": given.preset_file}  # files --overwrite must not delete
     if dist_info.is_main:
-        check_run_dir(cfg, create=False, inputs=inputs)
+        check_run_dir(cfg, create=False, inputs=inputs, restart=restart)
     device = device or resolve_device(cfg.device)
     reload_state = load_checkpoint(cfg.reload) if cfg.reload else None
     seed_everything(cfg.seed, dist_info.rank, cfg.deterministic)
@@ -123,7 +180,7 @@ def build_trainer(cfg: Config, given: Provenance | None = None, dist_info: DistI
     elif reload_state is not None:
         load_weights(model, reload_state, cfg.reload, cfg)
     if dist_info.is_main:
-        check_run_dir(cfg, inputs=inputs)  # all checks passed: only now does the run folder appear
+        check_run_dir(cfg, inputs=inputs, restart=restart)  # all checks passed: only now does the folder appear
     trainer = Trainer(cfg, model, info, train_set, val_set, device, dist_info)
     trainer.compact = compact
     if state is not None:
@@ -131,7 +188,7 @@ def build_trainer(cfg: Config, given: Provenance | None = None, dist_info: DistI
     elif reload_state is not None:
         trainer.reload_from(reload_state, cfg.reload)
     if dist_info.is_main:
-        dump_yaml(cfg, str(Path(cfg.save_dir) / "config.yaml"))
+        dump_yaml(cfg, str(Path(cfg.save_dir) / CONFIG_NAME), header=FROM_SETTINGS if marked else "")
     return trainer
 
 

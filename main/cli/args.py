@@ -77,6 +77,8 @@ def build_test_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", required=True, help="checkpoint (.model) to evaluate")
     p.add_argument("--split", default="test", help="test | val (default: test)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --json replace an existing file that is not a results JSON (e.g. a checkpoint)")
     p.add_argument("--reference", metavar="DENSE.json",
                    help="test.py JSON of the dense model: adds Delta_T against it")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")

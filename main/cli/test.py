@@ -10,15 +10,16 @@ from main.cli.args import parse_test_args
 from main.device import resolve_device
 from main.evaluate import evaluate_checkpoint
 from main.monitor import want_progress
-from main.run_dir import check_output_file
+from main.output_file import RESULTS_JSON, check_output_file
 from main.tables import format_table
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_test_args(argv)
     device = resolve_device(ns.device)
-    if ns.json is not None:  # checked now, not after a long evaluation; never one of the inputs
-        check_output_file(ns.json, "--json", {"--path": ns.path, "--reference": ns.reference})
+    if ns.json is not None:  # checked now, not after a long evaluation; never an input, a checkpoint, a device
+        check_output_file(ns.json, "--json", RESULTS_JSON, {"--path": ns.path, "--reference": ns.reference},
+                          overwrite=ns.overwrite)
     result = evaluate_checkpoint(ns.path, device, ns.split, batch_size=ns.batch_size, data_root=ns.data_root,
                                  metric_definitions=ns.metric_definitions, reference=ns.reference,
                                  show_progress=want_progress(ns.progress))

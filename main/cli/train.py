@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, given = parse_args(argv)
     dist_info, device = init_distributed(cfg.device)  # torchrun: one process per GPU (or CPU rank)
     try:
-        train_and_report(build_trainer(cfg, given, dist_info, device))
+        train_and_report(build_trainer(cfg, given, dist_info, device, from_settings=True))
     finally:
         cleanup(dist_info)
     return 0
