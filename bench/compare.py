@@ -148,6 +148,13 @@ class Plan:
         ctx = _Ctx(self, arch, None if target is None else f"{target / 100:g}", target, seed, save, lr)
         return builder(ctx)
 
+    @staticmethod
+    def runs_at(method: str, target: int) -> bool:
+        """Whether ``method`` has a cell at ``target`` (the stop rule only where it has an sInit / weight decay)."""
+        spec = METHODS[method]
+        return (method != "dense" and spec.kind != "structured"
+                and (method != "adapmtl" or target in REFERENCE_CONTROL))
+
     def needs_pretrain(self, method: str) -> bool:
         return METHODS[method].needs_pretrain
 
@@ -188,12 +195,13 @@ class Plan:
                             continue
                         out.append(self.cell(arch, m, t, seed, lrs.get((arch, m))))
         for arch in ns.architectures:
-            for t in ns.sparsities:
-                if t == main_target:
-                    continue
-                for m in ranked[arch]:
-                    if m != "dense" and METHODS[m].kind != "structured":
-                        out.append(self.cell(arch, m, t, 0, lrs.get((arch, m))))
+            for seed in range(ns.curve_seeds):  # the other targets (accuracy-against-sparsity curves), seed by seed
+                for t in ns.sparsities:
+                    if t == main_target:
+                        continue
+                    for m in ranked[arch]:
+                        if self.runs_at(m, t):
+                            out.append(self.cell(arch, m, t, seed, lrs.get((arch, m))))
             for m in ranked[arch]:
                 if METHODS[m].kind == "structured":
                     out += [self.cell(arch, m, r, 0, lrs.get((arch, m))) for r in ns.filter_ratios]
@@ -606,6 +614,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sparsities", type=int, nargs="+", default=[90], help="targets in percent (default 90)")
     p.add_argument("--seeds", type=int, default=5, help="seeds at --seed_sparsity (1 elsewhere); default 5")
     p.add_argument("--seed_sparsity", type=int, default=90, help="the target that gets every seed (default 90)")
+    p.add_argument("--curve_seeds", type=int, default=3,
+                   help="seeds at each of the other --sparsities (accuracy-against-sparsity curves; default 3)")
     p.add_argument("--iters", type=int, default=1200, help="total training iterations per method (default 1200)")
     p.add_argument("--methods", nargs="+", default=[*DEFAULT_METHODS, *DEFAULT_ABLATIONS],
                    help="subset of: " + " ".join(METHODS))
@@ -648,16 +658,17 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     for t in [*ns.sparsities, *ns.filter_ratios, ns.seed_sparsity, ns.ablation_sparsity]:
         if not 0 < t < 100:
             raise UserError(f"sparsities and filter ratios are percentages in (0, 100), got {t}")
-    missing = [t for t in ns.sparsities if t not in REFERENCE_CONTROL]
-    if missing and "adapmtl" in [*ns.methods, *(ns.mobilenetv2_methods or [])]:
-        raise UserError(f"the stop rule has no sInit / weight decay for {missing[0]}%; its targets are "
-                        f"{', '.join(map(str, REFERENCE_CONTROL))}")
-    if ns.seeds < 1 or ns.ablation_seeds < 0 or ns.iters < 2 or ns.jobs < 0 or ns.data_seed < 0:
-        raise UserError("--seeds must be >= 1, --ablation_seeds >= 0, --iters >= 2, --jobs >= 0 and --data_seed >= 0")
+    if ns.seed_sparsity not in REFERENCE_CONTROL and "adapmtl" in [*ns.methods, *(ns.mobilenetv2_methods or [])]:
+        raise UserError(f"the stop rule has no sInit / weight decay for {ns.seed_sparsity}%; its targets are "
+                        f"{', '.join(map(str, REFERENCE_CONTROL))} (at other --sparsities it is left out)")
+    if ns.seeds < 1 or ns.ablation_seeds < 0 or ns.curve_seeds < 1 or ns.iters < 2 or ns.jobs < 0 or ns.data_seed < 0:
+        raise UserError("--seeds and --curve_seeds must be >= 1, --ablation_seeds >= 0, --iters >= 2, --jobs >= 0 "
+                        "and --data_seed >= 0")
     if ns.quick:
         ns.iters = min(ns.iters, 8)
         ns.seeds = min(ns.seeds, 2)
         ns.ablation_seeds = min(ns.ablation_seeds, 1)
+        ns.curve_seeds = min(ns.curve_seeds, 1)
     return ns
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.compare_allocation import allocation_section
+from bench.compare_curves import curve_section
 from bench.compare_protocol import (
     ADAPMTL_ROWS,
     BUDGET_CONTROL,
@@ -337,6 +338,7 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
             findings += significance_lines(groups, arch, t, ranked, definition, floor)
     if findings:
         md += ["## Findings (computed)", "", *findings, ""]
+    md += curve_section(groups, plan, {a: ranked_methods(plan, a) for a in ns.architectures}, definition)
     md += seed_section(groups, ns, definition)
     if "mobilenetv2" in ns.architectures:
         md += paper_section(groups, ns.seed_sparsity, definition)

@@ -29,82 +29,29 @@ run now is skipped.  Writes ``logs/sensitivity.md`` and the JSON of every run in
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
-import shlex
-import shutil
 import statistics
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
-from bench.compare import ROOT, job_layout, protocol_hash, run_commands, run_test_py
-from bench.compare_protocol import BUDGET_CONTROL, LR_STEPS, PROTOCOL_CONFIG, QUICK_FLAGS
+from bench.compare_protocol import PROTOCOL_CONFIG
 from bench.comparison_stats import delta, mean_table, metrics_of, paired, t_interval
-from bench.mechanism import mechanism_section, trace
-from main.checkpoint import checkpoint_name
-from main.errors import UserError, cli_main
+from bench.mechanism import mechanism_section
+from bench.run_book import SPLITS, TARGET, Run, RunBook, checked, parser, run_and_report
+from main.errors import cli_main
 
 TASKS = ("depth_zbuffer", "edge_texture")
-CKPT = checkpoint_name(TASKS)
-TARGET = 0.9
 BACKBONE_SPARSITIES = (0.8, 0.9, 0.95)
 HEAD_DENSITY_RATIOS = (1 / 3, 1.0, 3.0)  # the edge head's density / the depth head's
-SPLITS = ("val", "test")
 FIXED_RULES = {"uniform": "Uniform (every component 90%)", "magnitude": "Global magnitude"}
 
 
-@dataclass
-class Run:
-    """One training (and its evaluations): its key, shell commands and checkpoint."""
-
-    key: str
-    seed: int
-    commands: list[list[str]]
-    checkpoint: Path
-    allocation: dict[str, float] | None = None
-    needs: str | None = None  # key of the run whose checkpoint this one starts from
-    extra: dict = field(default_factory=dict)
-
-
-class Sensitivity:
-    """The runs of the benchmark, how to run them resumably, and where their results live."""
+class Sensitivity(RunBook):
+    """The known-sensitivity benchmark's runs: dense, AdapMTL, the oracle sweep, the two fixed rules."""
 
     def __init__(self, ns: argparse.Namespace) -> None:
-        self.ns = ns
-        self.out = Path(ns.out) / "sensitivity"
-        self.root = Path(ns.logs) / "sensitivity"
-        self.report = Path(ns.logs) / "sensitivity.md"
-        self.T, self.P = ns.iters, ns.iters // 2
-        self.common = ["--config", PROTOCOL_CONFIG, "--tasks", *TASKS, "--progress", "off", "--overwrite"] + (
-            QUICK_FLAGS if ns.quick else [])
-        self.protocol = protocol_hash(ROOT / PROTOCOL_CONFIG)
-        self.book_path = self.root / "cells.json"
-        self.book: dict = json.loads(self.book_path.read_text()) if self.book_path.is_file() else {}
-        self.jobs, self.threads = job_layout(ns)
-        self._lock = threading.Lock()
-
-    # ------------------------------------------------------------------ the runs
-    def flags(self, seed: int, save: Path, iters: int) -> list[str]:
-        return self.common + ["--seed", str(seed), "--save_dir", str(save), "--iters", str(iters),
-                              "--decay_lr_freq", str(max(1, iters // LR_STEPS))]
-
-    def component_sizes(self) -> dict[str, int]:
-        """Prunable weights per component of the benchmark's model (what an allocation is weighted by)."""
-        from main.cli.args import parse_args
-        from main.data import dataset_info
-        from main.models import model_for
-        from main.sparse import SparsityCounter
-
-        cfg, _ = parse_args(self.flags(0, Path("unused"), self.T))
-        model = model_for(cfg, dataset_info(cfg).task_channels, sparse=False)
-        counter = SparsityCounter(model.components())
-        sizes: dict[str, int] = {}
-        for (comp, _, _), n in zip(counter.layers, counter.totals, strict=True):
-            sizes[comp] = sizes.get(comp, 0) + n
-        return sizes
+        super().__init__(ns, "sensitivity", TASKS)
 
     def allocations(self) -> list[dict[str, float]]:
         """The oracle sweep's allocations, each at ``TARGET`` overall (infeasible ones left out)."""
@@ -123,100 +70,19 @@ class Sensitivity:
     def runs(self) -> list[Run]:
         out: list[Run] = []
         for seed in range(self.ns.seeds):
-            pre = self.out / f"pretrain_seed{seed}"
-            out.append(Run(f"pretrain_seed{seed}", seed, [["baseline.py", "--dense", *self.flags(seed, pre, self.P)]],
-                           pre / CKPT))
-            dense = self.out / f"dense_seed{seed}"
-            out.append(Run(f"dense_seed{seed}", seed, [["baseline.py", "--dense", *self.flags(seed, dense, self.T)]],
-                           dense / CKPT))
-            ada = self.out / f"adapmtl_seed{seed}"
-            out.append(Run(f"adapmtl_seed{seed}", seed, [[
-                "baseline.py", "--ratio", str(TARGET), "--sInit_value", str(BUDGET_CONTROL[0]), "--weight_decay",
-                str(BUDGET_CONTROL[1]), "--sparsity_control", "budget", *self.flags(seed, ada, self.T)]], ada / CKPT))
+            out += [*self.dense_runs("", seed), self.adapmtl_run(f"adapmtl_seed{seed}", seed)]
             for i, alloc in enumerate(self.allocations()):
                 out.append(self.pruned(f"oracle{i}_seed{seed}", seed, "magnitude", alloc))
             for rule in FIXED_RULES:
                 out.append(self.pruned(f"{rule}_seed{seed}", seed, rule, None))
         return out
 
-    def pruned(self, key: str, seed: int, method: str, alloc: dict[str, float] | None) -> Run:
-        save = self.out / key
-        pruned = self.out / f"{key}_pruned"
-        prune = ["pruning.py", "--load_checkpoint", str(self.out / f"pretrain_seed{seed}" / CKPT), "--method", method,
-                 "--target", str(TARGET), "--save_dir", str(pruned), "--progress", "off", "--overwrite"]
-        if alloc is not None:
-            prune += ["--component_sparsity", *(f"{c}={v:g}" for c, v in alloc.items())]
-        tune = ["finetune.py", "--load_checkpoint", str(pruned / CKPT), *self.flags(seed, save, self.T - self.P)]
-        return Run(key, seed, [prune, tune], save / CKPT, allocation=alloc, needs=f"pretrain_seed{seed}")
-
-    # ------------------------------------------------------------------ running
-    def json_path(self, run: Run, split: str) -> Path:
-        return self.root / "runs" / f"{run.key}.{split}.json"
-
-    def done(self, run: Run) -> bool:
-        entry = self.book.get(run.key)
-        return (entry is not None and entry.get("protocol") == self.protocol
-                and entry.get("commands") == [shlex.join(["python", *c]) for c in run.commands]
-                and (run.key.startswith("pretrain") or all(self.json_path(run, s).is_file() for s in SPLITS)))
-
-    def execute(self, run: Run) -> bool:
-        """Run ``run`` unless it is done; True when it ran."""
-        if self.done(run):
-            return False
-        print(f"[sensitivity] {run.key} ...", flush=True)
-        log = self.out / "logs" / f"{run.key}.log"
-        log.unlink(missing_ok=True)
-        shutil.rmtree(run.checkpoint.parent, ignore_errors=True)
-        spent = run_commands(run.commands, log, self.threads)
-        if not run.key.startswith("pretrain"):
-            for split in SPLITS:
-                run_test_py(run.checkpoint, self.json_path(run, split), split, log, run.key, [], self.threads)
-        entry = {"seed": run.seed, "allocation": run.allocation, "protocol": self.protocol,
-                 "wall_s": round(spent.wall, 1), "cpu_s": round(spent.cpu, 1),
-                 "commands": [shlex.join(["python", *c]) for c in run.commands]}
-        if run.key.startswith("adapmtl"):
-            entry["mechanism"] = trace(run.checkpoint.parent)
-        with self._lock:
-            self.book[run.key] = entry
-            self.book_path.parent.mkdir(parents=True, exist_ok=True)
-            self.book_path.write_text(json.dumps(self.book, indent=1))
-        print(f"[sensitivity] {run.key} done ({spent.cpu / 60:.1f} CPU min)", flush=True)
-        return True
-
-    def run_all(self) -> None:
-        """First what starts from scratch (pre-trainings, dense, AdapMTL), then what starts from a pre-training.
-
-        A pre-training trained anew (its checkpoint lost, another preset) makes its pruned runs stale, although
-        their commands are unchanged: they are trained again.
-        """
-        runs = self.runs()
-        first = [r for r in runs if r.needs is None]
-        for r in first:  # a pre-training whose checkpoint is gone must run again before its prunes
-            if r.key.startswith("pretrain") and not r.checkpoint.is_file() and any(
-                    d.needs == r.key and not self.done(d) for d in runs):
-                self.book.pop(r.key, None)
-        ran = self.parallel([functools.partial(self.execute, r) for r in first])
-        fresh = {r.key for r, did in zip(first, ran) if did and r.key.startswith("pretrain")}
-        for r in runs:
-            if r.needs in fresh:
-                self.book.pop(r.key, None)
-        self.parallel([functools.partial(self.execute, r) for r in runs if r.needs is not None])
-
-    def parallel(self, tasks: Sequence[Callable[[], bool]]) -> list[bool]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            return [future.result() for future in [pool.submit(t) for t in tasks]]
-
 
 # ---------------------------------------------------------------------------------------------------- report
 def _load(bench: Sensitivity) -> dict[str, dict[int, dict[str, dict]]]:
     """family ("dense", "adapmtl", "uniform", "magnitude", "oracle<i>") -> seed -> split -> test.py JSON."""
     out: dict[str, dict[int, dict[str, dict]]] = {}
-    for run in bench.runs():
-        if run.key.startswith("pretrain") or not bench.done(run):
-            continue
-        family = run.key.rsplit("_seed", 1)[0]
+    for run, family in bench.finished():
         out.setdefault(family, {})[run.seed] = {s: json.loads(bench.json_path(run, s).read_text()) for s in SPLITS}
     return out
 
@@ -359,29 +225,11 @@ def _runs(bench: Sensitivity) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3, help="seeds of every run (default 3)")
-    p.add_argument("--iters", type=int, default=1200, help="training budget of every run (default 1200)")
-    p.add_argument("--out", default="outputs", help="run folders go in OUT/sensitivity (default outputs)")
-    p.add_argument("--logs", default="logs", help="report and JSON (default logs)")
-    p.add_argument("--quick", action="store_true", help="tiny model, a few iterations, 1 seed: a smoke test")
-    p.add_argument("--report_only", action="store_true", help="only rebuild the report from the JSON")
-    p.add_argument("--jobs", type=int, default=0, help="runs side by side (default 0: one per core, at most 8)")
-    ns = p.parse_args(argv)
-    ns.extra = []
-    if ns.seeds < 1 or ns.iters < 4 or ns.jobs < 0:
-        raise UserError("--seeds must be >= 1, --iters >= 4 and --jobs >= 0")
-    if ns.quick:
-        ns.iters, ns.seeds = min(ns.iters, 8), min(ns.seeds, 1)
-    return ns
+    return checked(parser(__doc__, "sensitivity", seeds=3).parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    bench = Sensitivity(parse(argv))
-    if not bench.ns.report_only:
-        bench.run_all()
-    print(f"[sensitivity] report: {write_report(bench)}")
-    return 0
+    return run_and_report(Sensitivity(parse(argv)), write_report)
 
 
 if __name__ == "__main__":

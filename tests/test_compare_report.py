@@ -196,3 +196,32 @@ def test_ablations_are_paired_with_budget_control_at_their_seeds(tmp_path):
     assert f"| AdapMTL, one global threshold | {glob.diff} (n=5) |" in md and f"{adjusted['g']:.3f}" in md
     assert f"| AdapMTL w/o adaptive weighting | {eq.diff} (n=2) |" in md
     assert "Holm over the 2 ablations" in md
+
+
+def test_other_targets_get_curve_seeds_and_the_stop_rule_only_where_it_has_a_setting(tmp_path):
+    plan = compare.Plan(compare.parse(["--architectures", "resnet34", "--out", str(tmp_path), "--sparsities", "70",
+                                       "90", "98", "--curve_seeds", "3", "--methods", "adapmtl", "snip"]))
+    cells = plan.cells({})
+    assert sorted({c.seed for c in cells if c.target == 70}) == [0, 1, 2]
+    assert {(c.method, c.target) for c in cells if c.target not in (90, None)} == {("adapmtl", 70), ("snip", 70),
+                                                                              ("snip", 98)}
+    with pytest.raises(UserError):  # the main target needs the stop rule's setting
+        compare.parse(["--seed_sparsity", "98", "--sparsities", "98", "--methods", "adapmtl"])
+
+
+def test_curves_table_plot_and_where_the_ranking_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_report, "_plots", lambda plan, runs, groups: [])
+    plan = compare.Plan(compare.parse(["--architectures", "resnet34", "--logs", str(tmp_path), "--sparsities", "70",
+                                       "90", "--methods", "snip", "imp"]))
+    cells = [("resnet34", "dense", None, s, v) for s, v in enumerate([0.5, -0.5, 0.0])]
+    # SNIP ahead at 70 %, IMP ahead at 90 %
+    cells += [("resnet34", "snip", 70, s, 5.0 + s) for s in range(3)] + [("resnet34", "imp", 70, s, 1.0) for s in
+                                                                         range(3)]
+    cells += [("resnet34", "snip", 90, s, -5.0 - s) for s in range(3)] + [("resnet34", "imp", 90, s, 2.0) for s in
+                                                                          range(3)]
+    write_cells(plan.root, cells)
+    md = compare_report.write_report(plan, {}, 0.0).read_text()
+    assert "## Accuracy against sparsity" in md and "| method | 70% | 90% |" in md
+    assert "SNIP is ahead of IMP at 70% and behind at 90%" in md
+    assert "Best mean at each target: 70%: SNIP; 90%: IMP." in md
+    assert (plan.root / "delta_vs_sparsity_resnet34.png").stat().st_size > 0
