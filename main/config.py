@@ -216,6 +216,11 @@ INTERVALS: dict[str, tuple[tuple[float, str], tuple[float, str], str]] = {
     "ratio": ((0.0, "("), (1.0, ")"), "a fraction in (0, 1), got {}; e.g. --ratio 0.9"),
     "decay_lr_rate": ((0.0, "("), (1.0, "]"), "in (0, 1], got {}"),
     "head_dropout": ((0.0, "["), (1.0, ")"), "in [0, 1), got {}"),
+    # seeds feed torch / numpy generators, which take 64-bit integers (seed + rank under torchrun)
+    "seed": ((0, "["), (2**63, ")"), "an integer in [0, 2**63), got {}"),
+    "data_seed": ((0, "["), (2**63, ")"), "an integer in [0, 2**63), got {}"),
+    # below 8 pixels the output-stride-8 backbone has no feature pixel left (the synthetic renderer's minimum too)
+    "crop_size": ((8, "["), (math.inf, ")"), "at least 8 pixels, got {}"),
 }
 POSITIVE_INTS = ("iters", "batch_size", "crop_size", "val_iters", "log_every", "save_iters", "max_bad_steps",
                  "decay_lr_freq", "adaptive_window", "val_size", "test_size")
@@ -281,10 +286,25 @@ def apply_overrides(cfg: Config, values: dict[str, Any], source: str) -> None:
         setattr(cfg, key, coerce(key, value, types_[key], source))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a mapping with a key twice (PyYAML keeps the last value without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}; check the --config path (presets are in configs/)") from None
     except yaml.YAMLError as e:
