@@ -78,6 +78,7 @@ from bench.compare_protocol import (
 )
 from bench.comparison_stats import delta, mean_table, metrics_of
 from bench.mechanism import trace
+from main.atomic import atomic_write_text
 from main.config import load_yaml
 from main.errors import UserError, cli_main
 
@@ -384,9 +385,7 @@ class Grid:
         with self._lock:
             self.book[key] = entry
             self.book_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.book_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.book, indent=1))
-            tmp.replace(self.book_path)
+            atomic_write_text(self.book_path, json.dumps(self.book, indent=1))
 
     def parallel(self, tasks: Sequence[Callable[[], None]], after_each: Callable[[], None] | None = None) -> None:
         """Run ``tasks`` (cells: each a few processes, one after another) ``self.jobs`` at a time.

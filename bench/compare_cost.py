@@ -27,6 +27,7 @@ import torch
 
 from bench.compare_protocol import CKPT
 from bench.inference import forward_fn, time_all
+from main.atomic import atomic_write_text
 from main.checkpoint import load_checkpoint, model_from_checkpoint
 from main.compaction import compact_model
 from main.errors import UserError, cli_main
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, (key, ckpt, out) in enumerate(todo, 1):
         cost = cell_cost(Path(ns.root) / ckpt, ns.repeats)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"cell": key, "checkpoint": str(ckpt), **cost}, indent=1) + "\n")
+        atomic_write_text(out, json.dumps({"cell": key, "checkpoint": str(ckpt), **cost}, indent=1) + "\n")
         r = cost["ratios"]
         print(f"[cost] {i}/{len(todo)} {key}: params x{r['params']:.3f}, FLOPs x{r['flops']:.3f}, "
               f"latency x{r['latency']:.3f}", flush=True)

@@ -40,6 +40,7 @@ from bench.comparison_stats import (
     t_interval,
 )
 from bench.mechanism import mechanism_section
+from main.atomic import atomic_write_text
 from main.models import BACKBONE
 from main.task_registry import task_spec
 
@@ -349,7 +350,7 @@ def write_report(plan: Any, lrs: Mapping, elapsed_s: float) -> Path:
     md += _plots(plan, runs, groups)
     md += _runs_section(plan)
     plan.report.parent.mkdir(parents=True, exist_ok=True)
-    plan.report.write_text("\n".join(md) + "\n")
+    atomic_write_text(plan.report, "\n".join(md) + "\n")
     return plan.report
 
 

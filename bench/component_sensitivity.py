@@ -24,6 +24,7 @@ from typing import Any
 from bench.compare_protocol import ARCH_FLAGS, ARCHITECTURES, TASKS
 from bench.comparison_stats import delta, mean_table, metrics_of, t_interval
 from bench.run_book import Run, RunBook, checked, parser, run_and_report
+from main.atomic import atomic_write_text
 from main.errors import UserError, cli_main
 from main.models import BACKBONE
 
@@ -116,7 +117,7 @@ def write_report(bench: ComponentSensitivity) -> Path:
         path = plot(curves, ada, bench.root / f"component_sensitivity_{arch}.png", arch)
         md += [f"![{arch}](component_sensitivity/{path.name})", ""]
     bench.report.parent.mkdir(parents=True, exist_ok=True)
-    bench.report.write_text("\n".join(md) + "\n")
+    atomic_write_text(bench.report, "\n".join(md) + "\n")
     return bench.report
 
 

@@ -20,7 +20,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from main.atomic import atomic_write_text
 from main.checkpoint import checkpoint_name
+from main.errors import cli_main
+from main.output_file import OutputKind, check_output_file, is_json_with
 from main.task_registry import DEFAULT_TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", help="also write the JSON summary here")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per check (default 120)")
     ns = p.parse_args(argv)
+    if ns.out:  # before the work: a special file, a symlink or another kind of file is never replaced
+        check_output_file(ns.out, "--out", OutputKind("a GPU-check JSON", is_json_with("gpu")))
     import torch
 
     if not torch.cuda.is_available():
@@ -93,9 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = json.dumps(summary, indent=1)
     print(text)
     if ns.out:
-        Path(ns.out).write_text(text)
+        atomic_write_text(ns.out, text)
     return 0 if summary["status"] in ("ok", "no GPU") else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

@@ -40,19 +40,21 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from main.atomic import atomic_write_text
 from main.channel_masks import ChannelMasks
 from main.checkpoint import load_checkpoint, model_from_checkpoint
 from main.compaction import compact_model
 from main.config import Config
 from main.data import build_dataset, dataset_info
 from main.device import resolve_device
+from main.errors import cli_main
 from main.masks import MaskSet
 from main.models import MultiTaskModel, model_for
+from main.output_file import OutputKind, check_output_file, is_json_with
 from main.precision import autocast, to_channels_last
 from SOTA_methods.compact import compact_model as structured_compact
 from SOTA_methods.compact import count_flops, count_params
@@ -344,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
     p.add_argument("--out", help="also write the JSON here")
     ns = p.parse_args(argv)
+    if ns.out:  # before the work: a special file, a symlink or another kind of file is never replaced
+        check_output_file(ns.out, "--out", OutputKind("a benchmark JSON", is_json_with("bench")))
     device = resolve_device(ns.device)
     default_threads = torch.get_num_threads()
     t_start = time.perf_counter()
@@ -372,10 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if ns.out:
-        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(ns.out).write_text(text + "\n")
+        atomic_write_text(ns.out, text + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli_main(main)

@@ -25,6 +25,7 @@ from pathlib import Path
 from bench.compare import run_commands
 from bench.compare_protocol import CKPT
 from bench.comparison_stats import NoiseFloor, metrics_of
+from main.atomic import atomic_write_text
 from main.errors import UserError, cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def run_seed(ns: argparse.Namespace, seed: int, threads: int | None) -> dict:
     run_commands([["test.py", "--path", str(folder / "run" / CKPT), "--json", str(out_json), "--progress", "off"]],
                  folder / "log.txt", threads)
     record = {"seed": seed, "wall_s": round(wall, 1), "commands": [shlex.join(["python", *c]) for c in cmds]}
-    record_path.write_text(json.dumps(record, indent=1))
+    atomic_write_text(record_path, json.dumps(record, indent=1))
     print(f"[noise_floor] {ns.name} seed {seed}: {wall / 60:.1f} min", flush=True)
     return record
 
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarise(ns, records)
     path = Path(ns.logs) / f"{ns.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=1))
+    atomic_write_text(path, json.dumps(summary, indent=1))
     for d in DEFINITIONS:
         s = summary[d]
         if s["std"] is None:  # e.g. a dense metric of 0 makes every Δ_T undefined

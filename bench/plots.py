@@ -16,6 +16,7 @@ backend of a process -- a notebook -- that already uses pyplot.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import re
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from main.atomic import atomic_write_bytes
 from main.errors import UserError
 from main.monitor import component_tags
 
@@ -114,9 +116,12 @@ def _import_matplotlib() -> tuple[Any, Any]:
 
 
 def _save(fig: Any, canvas_cls: Any, path: Path) -> Path:
+    """The PNG written atomically (``main.atomic``: a special file or symlink under that name is never replaced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas_cls(fig)
-    fig.savefig(path, dpi=DPI, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
     fig.clear()  # not registered with pyplot, so nothing else holds it; free its artists now
     return path
 

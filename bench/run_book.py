@@ -22,6 +22,7 @@ from pathlib import Path
 from bench.compare import ROOT, job_layout, protocol_hash, run_commands, run_test_py
 from bench.compare_protocol import BUDGET_CONTROL, LR_STEPS, PROTOCOL_CONFIG, QUICK_FLAGS
 from bench.mechanism import trace
+from main.atomic import atomic_write_text
 from main.checkpoint import checkpoint_name
 from main.errors import UserError
 
@@ -157,7 +158,7 @@ class RunBook:
         with self._lock:
             self.book[run.key] = entry
             self.book_path.parent.mkdir(parents=True, exist_ok=True)
-            self.book_path.write_text(json.dumps(self.book, indent=1))
+            atomic_write_text(self.book_path, json.dumps(self.book, indent=1))
         print(f"[{self.name}] {run.key} done ({spent.cpu / 60:.1f} CPU min)", flush=True)
         return True
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from bench.compare import CKPT, Grid, Plan, run_commands, run_test_py
 from bench.compare import parse as parse_compare
 from bench.comparison_stats import NoiseFloor, delta, mean_table, metrics_of
+from main.atomic import atomic_write_text
 from main.channel_masks import filter_units
 from main.checkpoint import load_checkpoint
 from main.cli.args import parse_args
@@ -131,10 +132,10 @@ class S004:
         run_test_py(save / f"best_{CKPT}", out_json, "test", log, key, [])
         result = json.loads(out_json.read_text())
         result["best"] = _best_record(save)
-        out_json.write_text(json.dumps(result, indent=1))
+        atomic_write_text(out_json, json.dumps(result, indent=1))
         self.book[key] = {"commands": joined, "wall_s": round(spent.wall, 1), "cpu_s": round(spent.cpu, 1)}
         self.book_path.parent.mkdir(parents=True, exist_ok=True)
-        self.book_path.write_text(json.dumps(self.book, indent=1))
+        atomic_write_text(self.book_path, json.dumps(self.book, indent=1))
         return result
 
     def run_all(self) -> None:
@@ -230,7 +231,7 @@ def write_report(ns: argparse.Namespace, root: Path) -> Path:
     md += search_table(ns, results, reference)
     path = root.parent / f"{root.name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(md) + "\n")
+    atomic_write_text(path, "\n".join(md) + "\n")
     return path
 
 

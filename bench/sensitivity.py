@@ -39,6 +39,7 @@ from bench.compare_protocol import PROTOCOL_CONFIG
 from bench.comparison_stats import delta, mean_table, metrics_of, paired, t_interval
 from bench.mechanism import mechanism_section
 from bench.run_book import SPLITS, TARGET, Run, RunBook, checked, parser, run_and_report
+from main.atomic import atomic_write_text
 from main.errors import cli_main
 
 TASKS = ("depth_zbuffer", "edge_texture")
@@ -129,7 +130,7 @@ def write_report(bench: Sensitivity) -> Path:
     dense = data.get("dense", {})
     if not dense:
         bench.report.parent.mkdir(parents=True, exist_ok=True)
-        bench.report.write_text("\n".join(md + ["No dense run has finished yet."]) + "\n")
+        atomic_write_text(bench.report, "\n".join(md + ["No dense run has finished yet."]) + "\n")
         return bench.report
     reference = {s: mean_table([metrics_of(r[s], "standard") for r in dense.values()]) for s in SPLITS}
     val = {f: _deltas(r, reference, "val") for f, r in data.items()}
@@ -156,7 +157,7 @@ def write_report(bench: Sensitivity) -> Path:
     md += [""] + _marginals(data, test, oracles) + _methods_table(data, test, best) + _mechanism(bench)
     md += _runs(bench)
     bench.report.parent.mkdir(parents=True, exist_ok=True)
-    bench.report.write_text("\n".join(md) + "\n")
+    atomic_write_text(bench.report, "\n".join(md) + "\n")
     return bench.report
 
 

@@ -166,3 +166,30 @@ def test_the_scripts_check_their_outputs_first(trained, tmp_path, capsys):
           "remove it first")
     fails(load_script("trivial_baselines"), [*SMALL, "--json", trained], tmp_path, capsys, "is a checkpoint",
           "--overwrite")
+
+
+@pytest.mark.parametrize("bench_module,key", [("bench.inference", "bench"), ("bench.gpu_check", "gpu")])
+def test_bench_outputs_are_checked_before_any_work(bench_module, key, trained, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    for target in (fifo, trained):  # a FIFO, another run's checkpoint
+        before = target.stat().st_mtime_ns
+        proc = subprocess.run([sys.executable, "-m", bench_module, "--out", str(target)], cwd=root,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: --out"), proc.stderr[-500:]
+        assert target.stat().st_mtime_ns == before
+
+
+def test_report_and_plot_writers_never_replace_a_special_file(tmp_path):
+    from bench.plots import plot_delta_vs_sparsity
+    from main.atomic import WriteError
+
+    link = tmp_path / "plot.png"
+    link.symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(WriteError, match="symbolic link"):
+        plot_delta_vs_sparsity([{"method": "a", "sparsity": 90.0, "delta_t": 1.0}], link)
+    assert link.is_symlink() and not (tmp_path / "elsewhere.png").exists()
