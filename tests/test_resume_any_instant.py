@@ -135,3 +135,16 @@ def test_a_fine_tuning_run_resumes(tmp_path):
     assert Config.from_dict(load_checkpoint(tuned / CKPT)["config"]).reload == str(source / CKPT)
     assert finetune.main(["--save_dir", str(tuned), "--resume", "--iters", "2", "--progress", "off"]) == 0
     assert load_checkpoint(tuned / CKPT)["iter"] == 2
+
+
+def test_a_fine_tuning_killed_before_its_first_checkpoint_restarts_with_resume(tmp_path, capsys):
+    """The requeued job's own command (--load_checkpoint and --resume) starts it again: nothing to lose."""
+    source, tuned = tmp_path / "source", tmp_path / "tuned"
+    assert baseline.main([*SMALL, "--save_dir", str(source)]) == 0
+    stopped_before_first_checkpoint(tuned, marked=False)
+    argv = [*SMALL, "--load_checkpoint", str(source / CKPT), "--save_dir", str(tuned), "--resume"]
+    assert finetune.main([str(a) for a in argv]) == 0
+    assert "starting it again from --load_checkpoint" in capsys.readouterr().out
+    assert load_checkpoint(tuned / CKPT)["iter"] == 1
+    assert finetune.main([str(a) for a in argv] + ["--iters", "2"]) == 0  # now an ordinary resume
+    assert load_checkpoint(tuned / CKPT)["iter"] == 2
