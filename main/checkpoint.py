@@ -147,6 +147,13 @@ def state_dict_mismatch(model: torch.nn.Module, state_dict: Mapping[str, torch.T
 def load_weights(model: MultiTaskModel, state: dict, source: str, cfg: Config) -> None:
     """Load ``state``'s weights into ``model`` (built from ``cfg``), or a ``CheckpointError`` naming the difference
     (architecture, tasks, dataset / width) and the flag that fixes it."""
+    check_weights_fit(model, state, source, cfg)
+    model.load_state_dict(state["state_dict"])
+
+
+def check_weights_fit(model: MultiTaskModel, state: dict, source: str, cfg: Config) -> None:
+    """What ``load_weights`` refuses, without loading: a run checks the fit before its folder appears and loads
+    the weights once, when it restores them."""
     theirs = state["config"] if isinstance(state.get("config"), dict) else {}
     arch = theirs.get("architecture")
     if arch is not None and arch != cfg.architecture:
@@ -163,15 +170,6 @@ def load_weights(model: MultiTaskModel, state: dict, source: str, cfg: Config) -
                               f"{theirs.get('dataset')!r}, width_mult {theirs.get('width_mult')}; this run "
                               f"{cfg.dataset!r}, {cfg.width_mult}); pass the checkpoint's --dataset / --width_mult "
                               "or use a matching checkpoint")
-    try:
-        model.load_state_dict(state["state_dict"])
-    except (RuntimeError, TypeError, ValueError) as e:
-        lines = [line for line in str(e).splitlines() if line.strip()] or ["mismatched weights"]
-        detail = " ".join(lines[min(1, len(lines) - 1)].split())[:200]  # line 0 is "Error(s) in loading ..."
-        raise CheckpointError(f"{source} does not fit this model (it has dataset {theirs.get('dataset')!r}, "
-                              f"width_mult {theirs.get('width_mult')}; this run {cfg.dataset!r}, {cfg.width_mult}: "
-                              f"{detail}); pass the checkpoint's --dataset / --width_mult or use a matching "
-                              "checkpoint") from None
 
 
 def architecture_of(cfg: Config, spec: Mapping | None, source: str) -> MultiTaskModel:

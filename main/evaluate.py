@@ -1,8 +1,8 @@
 """Evaluating a model: one pass over a split (``evaluate``: the trainer's validation and ``test.py`` alike) and
 a saved checkpoint on its own terms (``evaluate_checkpoint``: the config inside the file rebuilds model and data).
 
-``evaluate_checkpoint`` is ``test.py``; it returns the JSON object that docs/usage.md ("test.py") describes (metrics, sparsity per layer /
-component / overall, Δ_T against a dense reference, parameter counts, FLOPs).
+``evaluate_checkpoint`` is ``test.py``; it returns the JSON object that docs/usage.md ("test.py") describes
+(metrics, sparsity per layer / component / overall, Δ_T against a dense reference, parameter counts, FLOPs).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from .channel_masks import ChannelMasks
 from .checkpoint import (
     CheckpointError,
     architecture_of,
+    check_weights_fit,
     checkpoint_name,
     config_of,
     load_checkpoint,
@@ -27,6 +28,7 @@ from .device import resolve_device
 from .distributed import DistInfo
 from .masks import MaskSet
 from .run_dir import CONFIG_NAME, FROM_SETTINGS, check_run_dir, has_checkpoint, restartable, started_only
+from .scores import score_references
 from .seeding import seed_everything
 from .tasks import metric_directions
 from .trainer import Trainer
@@ -168,6 +170,8 @@ def build_trainer(cfg: Config, given: Provenance | None = None, dist_info: DistI
     info = dataset_info(cfg)
     if cfg.select_by.startswith("metric:"):  # a metric this run does not report: refused before any work
         parse_metric_selector(cfg.select_by, metric_directions(info.metric_style, info.tasks))
+    if cfg.select_by == "score":  # the reference's denominators exist for these tasks (else: one line, now)
+        score_references(cfg.architecture, info.tasks, info.metric_style)
     train_set = build_dataset(cfg, "train")
     val_set = build_dataset(cfg, "val")
     check_batch_fits(cfg, train_set, dist_info.world_size)
@@ -175,10 +179,10 @@ def build_trainer(cfg: Config, given: Provenance | None = None, dist_info: DistI
     verify_dataset(val_set)
     compact = compact if compact is not None else (state if state is not None else reload_state or {}).get("compact")
     model = architecture_of(cfg, compact, str(cfg.reload or cfg.save_dir))
-    if state is not None:
-        load_weights(model, state, f"{cfg.save_dir}", cfg)
+    if state is not None:  # the fit only: the weights are loaded once, by resume_from / reload_from below
+        check_weights_fit(model, state, f"{cfg.save_dir}", cfg)
     elif reload_state is not None:
-        load_weights(model, reload_state, cfg.reload, cfg)
+        check_weights_fit(model, reload_state, cfg.reload, cfg)
     if dist_info.is_main:
         check_run_dir(cfg, inputs=inputs, restart=restart)  # all checks passed: only now does the folder appear
     trainer = Trainer(cfg, model, info, train_set, val_set, device, dist_info)

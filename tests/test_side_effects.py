@@ -60,3 +60,34 @@ def test_the_one_shot_list_holds_every_module_whatever_was_imported():
                            check=True).stdout.split()
     assert {"magnitude", "uniform", "disparse_pt", "snip", "disparse_static", "random", "taylor", "cosprune"} <= set(
         names)
+
+
+def test_score_selection_of_tasks_without_reference_scores_is_refused_before_the_run(tmp_path, tiny_flags):
+    import main.cli.train as baseline
+    from main.errors import UserError
+
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="select by loss"):
+        baseline.main(tiny_flags + ["--iters", "1", "--select_by", "score", "--tasks", "normal", "keypoints2d",
+                                    "--save_dir", str(run)])
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("how", ["--resume", "--reload"])
+def test_weights_are_loaded_once_when_a_run_starts_from_a_checkpoint(tmp_path, tiny_flags, monkeypatch, how):
+    import main.cli.train as baseline
+    from main.models import MultiTaskModel
+
+    first = tmp_path / "first"
+    assert baseline.main(tiny_flags + ["--iters", "2", "--save_dir", str(first)]) == 0
+    calls = []
+    original = MultiTaskModel.load_state_dict
+    monkeypatch.setattr(MultiTaskModel, "load_state_dict",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    if how == "--resume":
+        argv = tiny_flags + ["--iters", "3", "--save_dir", str(first), "--resume"]
+    else:
+        argv = tiny_flags + ["--iters", "1", "--save_dir", str(tmp_path / "second"), "--reload",
+                             str(first / "segment_semantic_normal_depth_zbuffer.model")]
+    assert baseline.main(argv) == 0
+    assert len(calls) == 1

@@ -1,4 +1,5 @@
-"""Datasets behind one contract: every split yields the same batch dict (``input`` and one tensor per task, docs/datasets.md).
+"""Datasets behind one contract: every split yields the same batch dict (``input`` and one tensor per task,
+docs/datasets.md).
 
 ``dataset_info`` says what the trainer must know (tasks, output channels, metric style, class weights) so the
 trainer never branches on the dataset; ``build_dataset`` returns a split.  The real datasets (NYUv2,
