@@ -43,6 +43,7 @@ commands, wall and CPU times in ``.../cells.json`` and the plots; ``bench.compar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -50,6 +51,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -322,6 +324,28 @@ class Elapsed(NamedTuple):
     cpu: float
 
 
+_CHILDREN: set[subprocess.Popen] = set()  # the training processes running now, in every thread
+
+
+def stop_children_on_sigterm() -> None:
+    """SIGTERM (a cluster's preemption, ``kill``) stops the runs this process started before it exits.
+
+    Without it the children outlive their grid, and the next run of the grid trains into a folder an orphan is
+    still writing.  Each child gets SIGTERM itself, so a training writes its checkpoint and stops as it would
+    alone; the grid then exits 143.
+    """
+    def stop(signum: int, _frame: object) -> None:
+        for proc in list(_CHILDREN):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in list(_CHILDREN):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=60)
+        os._exit(128 + signum)  # the worker threads still wait on their children: leave without joining them
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def run_commands(commands: Sequence[Sequence[str]], log: Path, threads: int | None = None) -> Elapsed:
     """Run each command with this interpreter from the repository root; output appended to ``log``.
 
@@ -336,12 +360,15 @@ def run_commands(commands: Sequence[Sequence[str]], log: Path, threads: int | No
             fh.write(f"$ {shlex.join(['python', *cmd])}\n")
             fh.flush()
             proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            _CHILDREN.add(proc)
             try:  # wait4: this child's own resource usage (other cells' processes run beside it)
                 _, status, usage = os.wait4(proc.pid, 0)
             except BaseException:
                 proc.kill()
                 proc.wait()
                 raise
+            finally:
+                _CHILDREN.discard(proc)
             proc.returncode = os.waitstatus_to_exitcode(status)
             cpu += usage.ru_utime + usage.ru_stime
             if proc.returncode != 0:
@@ -687,6 +714,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.compare_report import write_report
 
     ns = parse(argv)
+    stop_children_on_sigterm()
     if ns.readme is not None:
         from bench.compare_summary import check_readme
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.compare import ROOT, job_layout, protocol_hash, run_commands, run_test_py
+from bench.compare import ROOT, job_layout, protocol_hash, run_commands, run_test_py, stop_children_on_sigterm
 from bench.compare_protocol import BUDGET_CONTROL, LR_STEPS, PROTOCOL_CONFIG, QUICK_FLAGS
 from bench.mechanism import trace
 from main.atomic import atomic_write_text
@@ -217,6 +217,7 @@ def checked(ns: argparse.Namespace) -> argparse.Namespace:
 def run_and_report(bench: RunBook, write_report: Callable[[RunBook], Path]) -> int:
     """Run what is not done (unless --report_only), then write the report."""
     if not bench.ns.report_only:
+        stop_children_on_sigterm()
         bench.run_all()
     print(f"[{bench.name}] report: {write_report(bench)}")
     return 0

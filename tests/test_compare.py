@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -398,3 +399,40 @@ def test_run_commands_measures_the_commands_cpu_time(tmp_path):
     assert idle.wall >= 0.5 and idle.cpu < idle.wall / 2
     with pytest.raises(compare.UserError, match="exit 3"):
         compare.run_commands([["-c", "raise SystemExit(3)"]], tmp_path / "fail.log")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_sigterm_stops_the_grids_running_trainings_too(tmp_path):
+    """A preempted grid leaves no orphan training behind that would keep writing into a run folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "bench.compare", "--quick", *R34, "--methods", "dense",
+                             "--seeds", "1", "--grid_lr", "1e-3", "--out", str(tmp_path / "out"), "--logs",
+                             str(tmp_path / "logs"), "--jobs", "1"], cwd=compare.ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    kids: list[int] = []
+    while time.time() < deadline and not kids:
+        kids = _children(proc.pid)
+        time.sleep(0.1)
+    assert kids, "no training started"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=90) == 143
+    time.sleep(0.5)
+    assert not any(Path(f"/proc/{k}").exists() and "Z" not in (Path(f"/proc/{k}") / "stat").read_text().split()[2]
+                   for k in kids)
