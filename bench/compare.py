@@ -325,6 +325,8 @@ class Elapsed(NamedTuple):
 
 
 _CHILDREN: set[subprocess.Popen] = set()  # the training processes running now, in every thread
+_STOPPING = threading.Event()  # set by SIGTERM: no new command starts
+_SPAWN = threading.RLock()  # a command is started and registered, or refused, as one step (re-entrant: SIGTERM)
 
 
 def stop_children_on_sigterm() -> None:
@@ -335,12 +337,17 @@ def stop_children_on_sigterm() -> None:
     alone; the grid then exits 143.
     """
     def stop(signum: int, _frame: object) -> None:
-        for proc in list(_CHILDREN):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in list(_CHILDREN):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=60)
+        with _SPAWN:  # no worker thread starts another command from now on
+            _STOPPING.set()
+        deadline = time.monotonic() + 120
+        while _CHILDREN and time.monotonic() < deadline:  # one a worker started just before the flag is caught too
+            for proc in list(_CHILDREN):
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+                if proc.poll() is not None:
+                    _CHILDREN.discard(proc)
         os._exit(128 + signum)  # the worker threads still wait on their children: leave without joining them
 
     signal.signal(signal.SIGTERM, stop)
@@ -359,8 +366,12 @@ def run_commands(commands: Sequence[Sequence[str]], log: Path, threads: int | No
         for cmd in commands:
             fh.write(f"$ {shlex.join(['python', *cmd])}\n")
             fh.flush()
-            proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
-            _CHILDREN.add(proc)
+            with _SPAWN:
+                if _STOPPING.is_set():
+                    raise UserError("stopped (SIGTERM) before this command started")
+                proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                                        env=env)
+                _CHILDREN.add(proc)
             try:  # wait4: this child's own resource usage (other cells' processes run beside it)
                 _, status, usage = os.wait4(proc.pid, 0)
             except BaseException:
