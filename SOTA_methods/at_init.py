@@ -37,7 +37,7 @@ from main.distributed import DistInfo
 from main.errors import cli_main
 from main.masks import MaskSet
 from main.trainer import Trainer
-from main.trainer_setup import build_trainer
+from main.trainer_setup import build_trainer, start_again_if_nothing_to_resume
 
 from .commands import add_target, method_parser, run_command
 from .engine import check_same_on_all_ranks
@@ -70,6 +70,9 @@ def run_at_init(cfg: Config, given: Provenance, opts: dict, dist_info: DistInfo 
     ``dist_info`` / ``device`` come from ``init_distributed`` (torchrun); default: one process.
     """
     dist_info = dist_info or DistInfo()
+    cfg, given = start_again_if_nothing_to_resume(
+        cfg, given, None if opts["target"] is None else f"the fresh initialisation (--target {opts['target']:g})",
+        "its --method and --target")
     if cfg.resume:  # the checkpoint carries the masks; nothing to score again
         pruning = read_method(cfg.save_dir)
         trainer = build_trainer(cfg, given, dist_info, device)

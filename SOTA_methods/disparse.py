@@ -51,7 +51,7 @@ from main.errors import cli_main
 from main.masks import MaskSet
 from main.models import BACKBONE
 from main.trainer import Trainer
-from main.trainer_setup import build_trainer
+from main.trainer_setup import build_trainer, start_again_if_nothing_to_resume
 
 from .commands import add_target, method_main
 from .engine import (
@@ -299,6 +299,9 @@ def run_disparse(cfg: Config, given: Provenance, opts: dict, dist_info: DistInfo
     ``dist_info`` / ``device`` come from ``init_distributed`` (torchrun); default: one process.
     """
     dist_info = dist_info or DistInfo()
+    cfg, given = start_again_if_nothing_to_resume(
+        cfg, given, None if opts.get("target") is None else f"the fresh initialisation (--target {opts['target']:g})",
+        "its --target")
     if cfg.resume:
         sched = read_method(cfg.save_dir)
         if sched.get("method") != "disparse_dynamic":

@@ -7,6 +7,7 @@ or ``CheckpointError`` whose message names the fix (the scripts print it as one 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -132,6 +133,27 @@ def check_batch_fits(cfg: Config, train_set, world_size: int = 1) -> None:
         raise ConfigError(f"--batch_size {cfg.batch_size}{per_process} is larger than the training split "
                           f"({n} samples; incomplete batches are dropped); lower --batch_size to at most "
                           f"{max(n // world_size, 1)} or add training data")
+
+
+def start_again_if_nothing_to_resume(cfg: Config, given: Provenance, start: str | None,
+                                     missing: str) -> tuple[Config, Provenance]:
+    """``--resume`` of a run killed before its first checkpoint, by a command whose start needs more than its
+    config.yaml (masks, scores, a source checkpoint): there is nothing to continue, so the run starts again from the
+    command line, which carries its start (``start``: what it starts from, for the notice), replacing the dead
+    start's files.  ``start`` None: the command line lacks it, and the error says which flag (``missing``).
+
+    Why: a requeued cluster job repeats its own ``--resume`` command; without a checkpoint it would loop.
+    """
+    save_dir = Path(cfg.save_dir)
+    if not (cfg.resume and save_dir.is_dir() and not has_checkpoint(save_dir)):
+        return cfg, given
+    if start is None:
+        raise ConfigError(f"--resume: {save_dir} holds no checkpoint yet (the run stopped before its first); to start "
+                          f"it again give {missing} with --resume, or start it with --overwrite")
+    print(f"notice: --resume: {save_dir} holds no checkpoint yet (the run stopped before its first); starting it "
+          f"again from {start}")
+    cfg.resume, cfg.overwrite = False, True
+    return cfg, replace(given, explicit=given.explicit | {"resume", "overwrite"})
 
 
 def resume_point(cfg: Config, given: Provenance, from_settings: bool) -> tuple[Config, dict | None, bool]:

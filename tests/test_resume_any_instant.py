@@ -148,3 +148,23 @@ def test_a_fine_tuning_killed_before_its_first_checkpoint_restarts_with_resume(t
     assert load_checkpoint(tuned / CKPT)["iter"] == 1
     assert finetune.main([str(a) for a in argv] + ["--iters", "2"]) == 0  # now an ordinary resume
     assert load_checkpoint(tuned / CKPT)["iter"] == 2
+
+
+@pytest.mark.parametrize("command", ["at_init", "disparse"])
+def test_a_pruning_method_killed_before_its_first_checkpoint_restarts_with_resume(tmp_path, capsys, command):
+    """Its own command line carries its start (--method, --target): the requeued --resume starts it again."""
+    import importlib
+
+    module = importlib.import_module(f"SOTA_methods.{command}")
+    folder = tmp_path / "run"
+    stopped_before_first_checkpoint(folder, marked=False)
+    (folder / "pruning.json").write_text("{}")  # the method record a killed start wrote before any checkpoint
+    flags = [*SMALL, "--target", "0.5", "--save_dir", folder, "--resume"]
+    if command == "at_init":
+        flags += ["--method", "snip", "--num_batches", "1"]
+    assert module.main([str(a) for a in flags]) == 0
+    assert "starting it again from the fresh initialisation" in capsys.readouterr().out
+    state = load_checkpoint(folder / CKPT)
+    assert state["iter"] == 1 and state.get("masks") is not None
+    assert module.main([str(a) for a in flags] + ["--iters", "2"]) == 0  # now an ordinary resume
+    assert load_checkpoint(folder / CKPT)["iter"] == 2
