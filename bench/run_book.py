@@ -16,7 +16,7 @@ import shlex
 import shutil
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.compare import ROOT, job_layout, protocol_hash, run_commands, run_test_py, stop_children_on_sigterm
@@ -44,7 +44,6 @@ class Run:
     checkpoint: Path
     allocation: dict[str, float] | None = None
     needs: str | None = None  # key of the run whose checkpoint this one starts from
-    extra: dict = field(default_factory=dict)
 
 
 class RunBook:
@@ -68,6 +67,7 @@ class RunBook:
         self.book: dict = json.loads(self.book_path.read_text()) if self.book_path.is_file() else {}
         self.jobs, self.threads = job_layout(ns)
         self._lock = threading.Lock()
+        self._sizes: dict[tuple[str, ...], dict[str, int]] = {}
 
     def runs(self) -> list[Run]:
         raise NotImplementedError
@@ -94,7 +94,14 @@ class RunBook:
                                 *self.flags(seed, save, self.T, arch_flags)]], save / self.ckpt)
 
     def component_sizes(self, arch_flags: Sequence[str] = ()) -> dict[str, int]:
-        """Prunable weights per component of the benchmark's model (what an allocation is weighted by)."""
+        """Prunable weights per component of the benchmark's model (what an allocation is weighted by); built once
+        per architecture, since ``runs()`` (which needs them) is listed again by every report."""
+        key = tuple(arch_flags)
+        if key not in self._sizes:
+            self._sizes[key] = self._count_sizes(key)
+        return self._sizes[key]
+
+    def _count_sizes(self, arch_flags: Sequence[str]) -> dict[str, int]:
         from main.cli.args import parse_args
         from main.data import dataset_info
         from main.models import model_for
